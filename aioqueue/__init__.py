@@ -1,0 +1,55 @@
+"""aioqueue: an asyncio-native task queue with Celery's model and names.
+
+Import everything from here; the submodules are implementation details.
+"""
+
+from __future__ import annotations
+
+from .app import AioQueue as AioQueue
+from .config import Settings as Settings
+from .errors import AioQueueError as AioQueueError
+from .errors import BrokerConnectionError as BrokerConnectionError
+from .errors import BrokerError as BrokerError
+from .errors import ConfigurationError as ConfigurationError
+from .errors import DeadLettered as DeadLettered
+from .errors import MaxRetriesExceeded as MaxRetriesExceeded
+from .errors import NotRegistered as NotRegistered
+from .errors import RemoteTaskError as RemoteTaskError
+from .errors import Retry as Retry
+from .errors import SerializationError as SerializationError
+from .errors import TaskError as TaskError
+from .errors import TaskRevoked as TaskRevoked
+from .errors import TimeLimitExceeded as TimeLimitExceeded
+from .message import State as State
+from .result import AsyncResult as AsyncResult
+from .result import ResultInfo as ResultInfo
+from .task import Request as Request
+from .task import Task as Task
+from .worker import Worker as Worker
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "AioQueue",
+    "AioQueueError",
+    "AsyncResult",
+    "BrokerConnectionError",
+    "BrokerError",
+    "ConfigurationError",
+    "DeadLettered",
+    "MaxRetriesExceeded",
+    "NotRegistered",
+    "RemoteTaskError",
+    "Request",
+    "ResultInfo",
+    "Retry",
+    "SerializationError",
+    "Settings",
+    "State",
+    "Task",
+    "TaskError",
+    "TaskRevoked",
+    "TimeLimitExceeded",
+    "Worker",
+    "__version__",
+)

@@ -1,0 +1,26 @@
+"""Brokers: the storage behind queues and results. :func:`create_broker` picks one by URL."""
+
+from __future__ import annotations
+
+from ..errors import ConfigurationError
+from .base import Broker, DeadLetter, Delivery, Enqueue, Outcome
+
+__all__ = ("Broker", "DeadLetter", "Delivery", "Enqueue", "Outcome", "create_broker")
+
+
+def create_broker(url: str, *, prefix: str, connect_timeout_s: float) -> Broker:
+    """A broker for ``url``: ``redis://``, ``rediss://``, ``unix://`` or ``memory://``."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        from .memory import MemoryBroker
+
+        return MemoryBroker(url)
+    if scheme in {"redis", "rediss", "unix"}:
+        from .redis import RedisBroker
+
+        return RedisBroker(url, prefix=prefix, connect_timeout_s=connect_timeout_s)
+    from .redis import redact_url
+
+    raise ConfigurationError(
+        f"unsupported broker URL {redact_url(url)!r}: use redis://, rediss://, unix:// or memory://"
+    )

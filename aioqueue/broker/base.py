@@ -1,0 +1,203 @@
+"""The broker contract: what the worker, the producer and beat need from storage.
+
+Two implementations keep the same semantics: ``redis.py`` (the only module that imports
+``redis``) and ``memory.py`` (in-process, for single-process use and users' unit tests).
+
+The worker never issues single-purpose writes on the hot path. Everything that ends a
+delivery -- store the result, wake the waiting producer, acknowledge, reschedule for a retry,
+hand back, dead-letter -- is an :class:`Outcome`, and the worker passes many outcomes at once
+to :meth:`Broker.settle`, which applies them in one atomic step. That is what makes
+"acknowledged only after the result is stored" hold, and what makes it fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ("Broker", "DeadLetter", "Delivery", "Enqueue", "Outcome")
+
+
+@dataclass(slots=True)
+class Enqueue:
+    """One message to add: to the stream now, or to the delayed set when ``due_at`` is set."""
+
+    queue: str
+    payload: bytes
+    due_at: float | None = None
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A message handed to this worker and not yet acknowledged."""
+
+    queue: str
+    #: The broker's id for this delivery (the stream entry id for Redis).
+    message_id: str
+    payload: bytes
+    #: How many times this message has been delivered, this time included.
+    deliveries: int = 1
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Everything to do, atomically, when one delivery ends (or to record a state).
+
+    Each part is optional: ``delivery`` is acknowledged and deleted; ``record`` is stored under
+    ``task_id`` for ``result_ttl_s`` and, when ``reply_to`` is set, pushed to that reply list;
+    ``requeue`` is added back (to the stream, or to the delayed set at ``requeue_due_at``);
+    ``dead_reason`` moves the delivery's payload to the dead-letter stream.
+    """
+
+    delivery: Delivery | None = None
+    task_id: str | None = None
+    record: bytes | None = None
+    result_ttl_s: float = 86400.0
+    reply_to: str | None = None
+    requeue: Enqueue | None = None
+    dead_reason: str | None = None
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """One entry of a dead-letter stream."""
+
+    queue: str
+    entry_id: str
+    payload: bytes
+    reason: str
+    failed_at: float
+
+
+class Broker(Protocol):
+    """Storage for messages, results, control and schedules."""
+
+    #: The URL with any password replaced by ``***``, for logs and banners.
+    display_url: str
+
+    async def connect(self) -> None:
+        """Check the broker is reachable; raises ``BrokerConnectionError`` naming the URL."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections. The broker can be connected again afterwards."""
+        ...
+
+    # -- producing -------------------------------------------------------------------------
+    async def enqueue(self, items: Sequence[Enqueue]) -> None:
+        """Add messages, in one round trip."""
+        ...
+
+    # -- consuming -------------------------------------------------------------------------
+    async def ensure_queues(self, queues: Sequence[str]) -> None:
+        """Create whatever a queue needs before it can be consumed (idempotent)."""
+        ...
+
+    async def fetch(
+        self, queues: Sequence[str], consumer: str, count: int, timeout_s: float
+    ) -> list[Delivery]:
+        """Up to ``count`` new messages, waiting up to ``timeout_s`` for the first one."""
+        ...
+
+    async def interrupt_fetch(self) -> None:
+        """Make a blocked :meth:`fetch` return at once (with nothing), safely."""
+        ...
+
+    async def reclaim(
+        self, queues: Sequence[str], consumer: str, idle_s: float, count: int
+    ) -> list[Delivery]:
+        """Take over up to ``count`` messages left unacknowledged for ``idle_s`` or longer."""
+        ...
+
+    async def keep_claimed(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        """Tell the broker these running messages are alive (resets their idle time)."""
+        ...
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> None:
+        """Apply outcomes atomically, in one round trip."""
+        ...
+
+    async def move_due(self, queues: Sequence[str], now: float) -> int:
+        """Move delayed messages whose time has come to their streams; returns how many."""
+        ...
+
+    async def forget_consumer(self, queues: Sequence[str], consumer: str) -> None:
+        """Remove a stopped consumer that holds no messages."""
+        ...
+
+    # -- results ---------------------------------------------------------------------------
+    async def get_result(self, task_id: str) -> bytes | None:
+        """The stored result record, or None."""
+        ...
+
+    async def set_result(self, task_id: str, record: bytes, ttl_s: float) -> None:
+        """Store a result record."""
+        ...
+
+    async def delete_result(self, task_id: str) -> None:
+        """Delete a stored result record."""
+        ...
+
+    async def wait_replies(self, reply_to: str, timeout_s: float) -> list[bytes]:
+        """Pop the records pushed to a reply list, waiting up to ``timeout_s`` for one."""
+        ...
+
+    async def interrupt_replies(self) -> None:
+        """Make a blocked :meth:`wait_replies` return at once."""
+        ...
+
+    # -- control ---------------------------------------------------------------------------
+    async def revoke(self, task_id: str, until: float, control: bytes) -> None:
+        """Remember ``task_id`` as revoked until ``until`` and broadcast ``control``."""
+        ...
+
+    async def revoked_ids(self, now: float) -> set[str]:
+        """Task ids revoked and not yet expired."""
+        ...
+
+    def control_messages(self) -> AsyncIterator[bytes]:
+        """Broadcast control messages, as they arrive (ends when the broker closes)."""
+        ...
+
+    async def queue_sizes(self, queues: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+        """Per queue: (ready, delayed, dead) message counts."""
+        ...
+
+    # -- dead letters ----------------------------------------------------------------------
+    async def dead_letters(self, queue: str, count: int) -> list[DeadLetter]:
+        """The oldest ``count`` dead letters of ``queue``."""
+        ...
+
+    async def requeue_dead(self, queue: str, entry_ids: Sequence[str] | None) -> int:
+        """Move dead letters (all when ``entry_ids`` is None) back to the queue."""
+        ...
+
+    async def purge_dead(self, queue: str) -> int:
+        """Delete every dead letter of ``queue``; returns how many."""
+        ...
+
+    # -- beat ------------------------------------------------------------------------------
+    async def acquire_lease(self, owner: str, ttl_s: float) -> bool:
+        """Take or renew the beat leader lease; True when ``owner`` holds it afterwards."""
+        ...
+
+    async def release_lease(self, owner: str) -> None:
+        """Give the lease up if ``owner`` holds it."""
+        ...
+
+    async def claim_tick(self, name: str, tick: float, ttl_s: float) -> bool:
+        """Claim one tick of one schedule; True for exactly one caller per tick."""
+        ...
+
+    async def last_runs(self) -> dict[str, float]:
+        """Schedule name -> the last tick fired (epoch seconds)."""
+        ...
+
+    async def set_last_run(self, name: str, tick: float) -> None:
+        """Record the last tick fired for a schedule."""
+        ...
+
+    async def replace_schedules(self, schedules: dict[str, str]) -> None:
+        """Store the declared schedules (name -> description), dropping undeclared ones."""
+        ...

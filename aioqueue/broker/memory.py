@@ -1,0 +1,284 @@
+"""An in-process broker with the Redis broker's semantics, for tests and single processes.
+
+Messages, pending deliveries, delays, results and dead letters live in plain Python
+structures owned by one :class:`MemoryBroker`; blocking reads wait on an event that every
+write sets. One event loop at a time uses it (everything here runs on that loop, so no
+locks are needed).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import OrderedDict, defaultdict, deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+
+from .base import DeadLetter, Delivery, Enqueue, Outcome
+
+__all__ = ("MemoryBroker",)
+
+
+@dataclass
+class _Pending:
+    consumer: str
+    payload: bytes
+    delivered_at: float
+    deliveries: int
+
+
+@dataclass
+class _Queue:
+    ready: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+    pending: dict[str, _Pending] = field(default_factory=dict)
+    delayed: list[tuple[float, int, bytes]] = field(default_factory=list)
+    dead: OrderedDict[str, DeadLetter] = field(default_factory=OrderedDict)
+
+
+class MemoryBroker:
+    """Everything in this process's memory; nothing survives the process."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.display_url = url
+        self._queues: defaultdict[str, _Queue] = defaultdict(_Queue)
+        self._ids = itertools.count(1)
+        self._results: dict[str, tuple[bytes, float]] = {}
+        self._replies: defaultdict[str, deque[bytes]] = defaultdict(deque)
+        self._revoked: dict[str, float] = {}
+        self._subscribers: list[anyio.abc.ObjectSendStream[bytes]] = []
+        self._changed = anyio.Event()
+        self._interrupted = False
+        self._lease: tuple[str, float] | None = None
+        self._ticks: dict[str, float] = {}
+        self._last_runs: dict[str, float] = {}
+        self._schedules: dict[str, str] = {}
+        self._closed = False
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def _new_id(self) -> str:
+        return f"{int(time.time() * 1000)}-{next(self._ids)}"
+
+    async def _wait_change(self, timeout_s: float) -> None:
+        changed = self._changed
+        with anyio.move_on_after(timeout_s):
+            await changed.wait()
+
+    async def connect(self) -> None:
+        self._closed = False
+
+    async def close(self) -> None:
+        self._closed = True
+        self._notify()
+        for send in self._subscribers:
+            await send.aclose()
+        self._subscribers.clear()
+
+    def _add(self, item: Enqueue) -> None:
+        q = self._queues[item.queue]
+        if item.due_at is None:
+            q.ready[self._new_id()] = item.payload
+        else:
+            heapq.heappush(q.delayed, (item.due_at, next(self._ids), item.payload))
+
+    async def enqueue(self, items: Sequence[Enqueue]) -> None:
+        for item in items:
+            self._add(item)
+        self._notify()
+
+    async def ensure_queues(self, queues: Sequence[str]) -> None:
+        for q in queues:
+            _ = self._queues[q]
+
+    def _take(self, queues: Sequence[str], consumer: str, count: int) -> list[Delivery]:
+        out: list[Delivery] = []
+        now = time.monotonic()
+        for name in queues:
+            q = self._queues[name]
+            while q.ready and len(out) < count:
+                entry_id, payload = q.ready.popitem(last=False)
+                q.pending[entry_id] = _Pending(consumer, payload, now, 1)
+                out.append(Delivery(name, entry_id, payload, 1))
+        return out
+
+    async def fetch(
+        self, queues: Sequence[str], consumer: str, count: int, timeout_s: float
+    ) -> list[Delivery]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            out = self._take(queues, consumer, count)
+            remaining = deadline - time.monotonic()
+            if out or remaining <= 0 or self._interrupted or self._closed:
+                self._interrupted = False
+                return out
+            await self._wait_change(remaining)
+
+    async def interrupt_fetch(self) -> None:
+        self._interrupted = True
+        self._notify()
+
+    async def reclaim(
+        self, queues: Sequence[str], consumer: str, idle_s: float, count: int
+    ) -> list[Delivery]:
+        out: list[Delivery] = []
+        now = time.monotonic()
+        for name in queues:
+            for entry_id, p in self._queues[name].pending.items():
+                if len(out) >= count:
+                    return out
+                if now - p.delivered_at >= idle_s:
+                    p.consumer, p.delivered_at = consumer, now
+                    p.deliveries += 1
+                    out.append(Delivery(name, entry_id, p.payload, p.deliveries))
+        return out
+
+    async def keep_claimed(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        now = time.monotonic()
+        for d in deliveries:
+            p = self._queues[d.queue].pending.get(d.message_id)
+            if p is not None:
+                p.consumer, p.delivered_at = consumer, now
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> None:
+        now = time.time()
+        for o in outcomes:
+            if o.record is not None and o.task_id is not None:
+                self._results[o.task_id] = (o.record, now + o.result_ttl_s)
+                if o.reply_to is not None:
+                    self._replies[o.reply_to].append(o.record)
+            if o.requeue is not None:
+                self._add(o.requeue)
+            d = o.delivery
+            if d is not None:
+                q = self._queues[d.queue]
+                if q.pending.pop(d.message_id, None) is not None and o.dead_reason is not None:
+                    entry_id = self._new_id()
+                    q.dead[entry_id] = DeadLetter(d.queue, entry_id, d.payload, o.dead_reason, now)
+        self._notify()
+
+    async def move_due(self, queues: Sequence[str], now: float) -> int:
+        moved = 0
+        for name in queues:
+            q = self._queues[name]
+            while q.delayed and q.delayed[0][0] <= now:
+                _, _, payload = heapq.heappop(q.delayed)
+                q.ready[self._new_id()] = payload
+                moved += 1
+        if moved:
+            self._notify()
+        return moved
+
+    async def forget_consumer(self, queues: Sequence[str], consumer: str) -> None:
+        return None  # consumers are not tracked apart from their pending entries
+
+    async def get_result(self, task_id: str) -> bytes | None:
+        found = self._results.get(task_id)
+        if found is None:
+            return None
+        record, expires_at = found
+        if expires_at <= time.time():
+            del self._results[task_id]
+            return None
+        return record
+
+    async def set_result(self, task_id: str, record: bytes, ttl_s: float) -> None:
+        self._results[task_id] = (record, time.time() + ttl_s)
+
+    async def delete_result(self, task_id: str) -> None:
+        self._results.pop(task_id, None)
+
+    async def wait_replies(self, reply_to: str, timeout_s: float) -> list[bytes]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            replies = self._replies.get(reply_to)
+            if replies:
+                out = list(replies)
+                replies.clear()
+                return out
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closed:
+                return []
+            await self._wait_change(remaining)
+
+    async def interrupt_replies(self) -> None:
+        self._notify()
+
+    async def revoke(self, task_id: str, until: float, control: bytes) -> None:
+        self._revoked[task_id] = until
+        for send in list(self._subscribers):
+            try:
+                send.send_nowait(control)
+            except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._subscribers.remove(send)
+
+    async def revoked_ids(self, now: float) -> set[str]:
+        self._revoked = {k: v for k, v in self._revoked.items() if v > now}
+        return set(self._revoked)
+
+    async def control_messages(self) -> AsyncIterator[bytes]:
+        send, receive = anyio.create_memory_object_stream[bytes](1000)
+        self._subscribers.append(send)
+        async with receive:
+            async for message in receive:
+                yield message
+
+    async def queue_sizes(self, queues: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+        return {
+            name: (
+                len(self._queues[name].ready) + len(self._queues[name].pending),
+                len(self._queues[name].delayed),
+                len(self._queues[name].dead),
+            )
+            for name in queues
+        }
+
+    async def dead_letters(self, queue: str, count: int) -> list[DeadLetter]:
+        return list(itertools.islice(self._queues[queue].dead.values(), count))
+
+    async def requeue_dead(self, queue: str, entry_ids: Sequence[str] | None) -> int:
+        q = self._queues[queue]
+        ids = list(q.dead) if entry_ids is None else [i for i in entry_ids if i in q.dead]
+        for entry_id in ids:
+            q.ready[self._new_id()] = q.dead.pop(entry_id).payload
+        self._notify()
+        return len(ids)
+
+    async def purge_dead(self, queue: str) -> int:
+        n = len(self._queues[queue].dead)
+        self._queues[queue].dead.clear()
+        return n
+
+    async def acquire_lease(self, owner: str, ttl_s: float) -> bool:
+        now = time.monotonic()
+        if self._lease is None or self._lease[0] == owner or self._lease[1] <= now:
+            self._lease = (owner, now + ttl_s)
+            return True
+        return False
+
+    async def release_lease(self, owner: str) -> None:
+        if self._lease is not None and self._lease[0] == owner:
+            self._lease = None
+
+    async def claim_tick(self, name: str, tick: float, ttl_s: float) -> bool:
+        key = f"{name}:{tick:.3f}"
+        now = time.monotonic()
+        if self._ticks.get(key, 0.0) > now:
+            return False
+        self._ticks[key] = now + ttl_s
+        return True
+
+    async def last_runs(self) -> dict[str, float]:
+        return dict(self._last_runs)
+
+    async def set_last_run(self, name: str, tick: float) -> None:
+        self._last_runs[name] = tick
+
+    async def replace_schedules(self, schedules: dict[str, str]) -> None:
+        for gone in set(self._schedules) - set(schedules):
+            self._last_runs.pop(gone, None)
+        self._schedules = dict(schedules)

@@ -1,0 +1,259 @@
+"""``Task[P, R]``: a registered function, how to call it remotely, and its per-run request.
+
+A ``Task`` is shared by every concurrent run of it on a worker, so per-run facts (id, retries,
+arguments) live in a context variable and are read through :attr:`Task.request`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, get_type_hints
+
+import msgspec
+
+from ._time import to_epoch
+from .errors import MaxRetriesExceeded, Retry, TaskError
+
+if TYPE_CHECKING:
+    from .app import AioQueue
+    from .result import AsyncResult
+
+__all__ = ("Request", "Task", "TaskOptions")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a running task knows about its own call (Celery's ``self.request``)."""
+
+    id: str
+    task: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    retries: int = 0
+    queue: str = "default"
+    eta: float | None = None
+    expires: float | None = None
+    #: How many times the message has been delivered (more than 1 after a worker crash).
+    deliveries: int = 1
+    #: The worker running it.
+    hostname: str | None = None
+    #: Per-call max_retries, when the caller set one.
+    max_retries: int | None = None
+    #: Per-call time limit, when the caller set one.
+    time_limit: float | None = None
+
+
+_current_request: ContextVar[Request] = ContextVar("aioqueue_request")
+
+
+def current_request() -> Request | None:
+    """The request of the task running in this context, if any."""
+    return _current_request.get(None)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Per-task options, with Celery's names and defaults."""
+
+    name: str
+    bind: bool = False
+    queue: str | None = None
+    ignore_result: bool = False
+    track_started: bool = False
+    max_retries: int | None = 3
+    default_retry_delay: float = 180.0
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+    time_limit: float | None = None
+    expires: float | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class _ArgConverter:
+    """Converts decoded arguments to the task's annotated types (``datetime``, structs...).
+
+    Only parameters whose annotation the wire cannot carry as-is get a converter, so the
+    common case (ints, strings, plain containers) costs one ``if`` per call.
+    """
+
+    _PASSTHROUGH = frozenset({int, str, float, bool, bytes, type(None), Any, list, dict, tuple})
+
+    def __init__(self, fn: Callable[..., Any], skip_first: bool) -> None:
+        self._positional: list[tuple[int, Any]] = []
+        self._by_name: dict[str, Any] = {}
+        try:
+            hints = get_type_hints(fn)
+            params = list(inspect.signature(fn).parameters.values())
+        except (NameError, TypeError, ValueError):
+            return  # unresolvable annotations: pass arguments through untouched
+        if skip_first:
+            params = params[1:]
+        for index, param in enumerate(params):
+            hint = hints.get(param.name, Any)
+            if hint in self._PASSTHROUGH or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+                self._positional.append((index, hint))
+            self._by_name[param.name] = hint
+
+    def __call__(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if not self._by_name:
+            return args, kwargs
+        new_args = list(args)
+        for index, hint in self._positional:
+            if index < len(new_args):
+                new_args[index] = msgspec.convert(new_args[index], hint, strict=False)
+        new_kwargs = {
+            k: msgspec.convert(v, self._by_name[k], strict=False) if k in self._by_name else v
+            for k, v in kwargs.items()
+        }
+        return tuple(new_args), new_kwargs
+
+
+class Task(Generic[P, R]):
+    """A function registered with an :class:`~aioqueue.AioQueue`, callable remotely.
+
+    ``await task.delay(*args, **kwargs)`` enqueues a call and returns an
+    :class:`~aioqueue.AsyncResult` at once; calling ``task(*args, **kwargs)`` runs the function
+    here and now, as in Celery.
+    """
+
+    def __init__(self, app: AioQueue, fn: Callable[..., Any], options: TaskOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.options = options
+        self.name = options.name
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.convert_args = _ArgConverter(fn, skip_first=options.bind)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", options.name)
+        self.__module__ = getattr(fn, "__module__", __name__)
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run the function in this process (returns a coroutine for ``async def`` tasks)."""
+        if self.options.bind:
+            return self.fn(self, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+    @property
+    def request(self) -> Request:
+        """The request of the current run; raises ``TaskError`` outside a worker run."""
+        request = _current_request.get(None)
+        if request is None or request.task != self.name:
+            raise TaskError(f"{self.name}.request is only available while it runs on a worker",
+                            task_name=self.name)
+        return request
+
+    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Enqueue a call with these arguments; returns its result handle at once."""
+        return await self.app._send(self, args, kwargs)
+
+    async def apply_async(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
+        queue: str | None = None,
+        task_id: str | None = None,
+        time_limit: float | None = None,
+        ignore_result: bool | None = None,
+        max_retries: int | None = None,
+    ) -> AsyncResult[R]:
+        """Enqueue a call with options (Celery's names); returns its result handle at once.
+
+        ``countdown`` (seconds) or ``eta`` (aware datetime; naive is read as UTC) delay the run;
+        ``expires`` (seconds from now, or a datetime) drops it, as REVOKED, if it has not
+        started by then.
+        """
+        return await self.app._send(
+            self,
+            tuple(args or ()),
+            dict(kwargs or {}),
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            queue=queue,
+            task_id=task_id,
+            time_limit=time_limit,
+            ignore_result=ignore_result,
+            max_retries=max_retries,
+        )
+
+    async def delay_many(self, calls: Iterable[Iterable[Any]]) -> list[AsyncResult[R]]:
+        """Enqueue one call per argument tuple in a single round trip; returns the handles.
+
+        ``await add.delay_many([(1, 2), (3, 4)])`` is the batch form of ``delay``.
+        """
+        return await self.app._send_many(self, [tuple(call) for call in calls])
+
+    def retry(
+        self,
+        exc: BaseException | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        max_retries: int | None = None,
+    ) -> Retry:
+        """Ask for this run to be retried: ``raise self.retry(exc=e, countdown=15)``.
+
+        Returns the :class:`~aioqueue.errors.Retry` to raise. Past ``max_retries`` it raises
+        ``exc`` itself (or :class:`~aioqueue.errors.MaxRetriesExceeded` without one), so the
+        task fails with the original error.
+        """
+        request = self.request
+        limit = max_retries
+        if limit is None:
+            limit = request.max_retries if request.max_retries is not None else (
+                self.options.max_retries
+            )
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceeded(
+                f"{self.name}[{request.id}] exceeded max_retries={limit}",
+                task_name=self.name,
+                task_id=request.id,
+            )
+        if eta is not None:
+            delay = max(0.0, to_epoch(eta) - time.time())
+        elif countdown is not None:
+            delay = countdown
+        else:
+            delay = self.options.default_retry_delay
+        return Retry(f"retry in {delay:g}s", exc=exc, when=delay)
+
+    def backoff_delay(self, retries: int) -> float:
+        """The automatic retry delay for the given retry count (``retry_backoff``)."""
+        opts = self.options
+        if not opts.retry_backoff:
+            return opts.default_retry_delay
+        factor = 1.0 if opts.retry_backoff is True else float(opts.retry_backoff)
+        delay = min(opts.retry_backoff_max, factor * (2**retries))
+        if opts.retry_jitter:
+            # Full jitter, as Celery: spreads a thundering herd of retries over the window.
+            delay = random.uniform(0, delay)
+        return delay
+
+    def with_options(self, **changes: Any) -> TaskOptions:
+        """These options with some changed (used by the registry)."""
+        return replace(self.options, **changes)

@@ -1,0 +1,231 @@
+"""Results bookkeeping and output: the rich table, results.json and results.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    higher_is_better: bool
+    fmt: str
+
+
+METRICS: list[Metric] = [
+    Metric("enqueue", "enqueue tasks/s", True, "{:,.0f}"),
+    Metric("enqueue_batch", "enqueue (batch API) tasks/s", True, "{:,.0f}"),
+    Metric("throughput", "worker tasks/s", True, "{:,.0f}"),
+    Metric("rtt_p50", "round trip p50 ms", False, "{:.2f}"),
+    Metric("rtt_p99", "round trip p99 ms", False, "{:.2f}"),
+    Metric("sleep_wall", "sleep test wall s", False, "{:.2f}"),
+    Metric("worker_cpu", "worker CPU s / 10k tasks", False, "{:.2f}"),
+    Metric("redis_cpu", "redis CPU s / 10k tasks", False, "{:.2f}"),
+]
+
+HOME = "aioqueue"
+# Peers have no batch enqueue API, so aioqueue's batch row is compared with the best
+# peer's plain enqueue rate (marked with * in the table).
+RATIO_FALLBACK = {"enqueue_batch": "enqueue"}
+
+
+@dataclass
+class Results:
+    libs: list[str]
+    samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    errors: dict[str, list[str]] = field(default_factory=dict)
+    notes: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def add(self, lib: str, metric: str, value: float) -> None:
+        if not math.isnan(value):
+            self.samples.setdefault(lib, {}).setdefault(metric, []).append(value)
+
+    def error(self, lib: str, phase: str, exc: BaseException) -> None:
+        msg = (str(exc).strip().splitlines() or [""])[0][:160]
+        self.errors.setdefault(lib, []).append(f"{phase}: {type(exc).__name__}: {msg}")
+
+    def median(self, lib: str, metric: str) -> float | None:
+        vals = self.samples.get(lib, {}).get(metric)
+        return statistics.median(vals) if vals else None
+
+    def ratio(self, m: Metric) -> tuple[float | None, bool]:
+        """aioqueue / best peer for one row, and whether the fallback row was used."""
+        home = self.median(HOME, m.key)
+        peers = [lib for lib in self.libs if lib != HOME]
+        peer_key, fallback = m.key, False
+        if not any(self.median(p, m.key) is not None for p in peers) and m.key in RATIO_FALLBACK:
+            peer_key, fallback = RATIO_FALLBACK[m.key], True
+        vals = [v for p in peers if (v := self.median(p, peer_key)) is not None]
+        if home is None or not vals:
+            return None, fallback
+        best = max(vals) if m.higher_is_better else min(vals)
+        return (home / best if best else None), fallback
+
+    def cell(self, lib: str, m: Metric) -> str:
+        v = self.median(lib, m.key)
+        if v is not None:
+            return m.fmt.format(v)
+        if m.key == "enqueue_batch" and lib != HOME:
+            return "—"
+        errs = self.errors.get(lib)
+        # Short in the table (it has to fit a terminal); the full lines are listed below it.
+        return f"error: {errs[0][:40]}" if errs else "—"
+
+    def ratio_cell(self, m: Metric) -> str:
+        r, fallback = self.ratio(m)
+        if r is None:
+            return "—"
+        return f"{r:.2f}x" + ("*" if fallback else "")
+
+    def rows(self) -> list[list[str]]:
+        out = []
+        for m in METRICS:
+            arrow = "↑" if m.higher_is_better else "↓"
+            out.append(
+                [
+                    f"{m.label} {arrow}",
+                    *(self.cell(lib, m) for lib in self.libs),
+                    self.ratio_cell(m),
+                ]
+            )
+        return out
+
+    def header(self) -> list[str]:
+        return ["metric", *self.libs, "aioqueue / best peer"]
+
+    def rich_table(self, title: str) -> Table:
+        table = Table(title=title, show_lines=False)
+        for i, h in enumerate(self.header()):
+            table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+        for row in self.rows():
+            table.add_row(*row)
+        return table
+
+    def markdown_table(self) -> str:
+        header = self.header()
+        lines = [
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join(["---", *["---:"] * (len(header) - 1)]) + "|",
+        ]
+        lines += [
+            "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in self.rows()
+        ]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            lib: {
+                m.key: {
+                    "median": self.median(lib, m.key),
+                    "samples": self.samples.get(lib, {}).get(m.key, []),
+                }
+                for m in METRICS
+            }
+            | {"errors": self.errors.get(lib, []), "notes": self.notes.get(lib, {})}
+            for lib in self.libs
+        }
+
+
+def machine_info(redis_version: str) -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for dist in (
+        "aioqueue",
+        "arq",
+        "saq",
+        "taskiq",
+        "taskiq-redis",
+        "celery",
+        "kombu",
+        "redis",
+        "hiredis",
+    ):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "redis_server": redis_version,
+        "platform": platform.platform(),
+        **{f"pkg:{k}": v for k, v in versions.items()},
+    }
+
+
+def write_outputs(
+    res: Results,
+    out_dir: Path,
+    machine: dict[str, str],
+    command: str,
+    config: dict[str, Any],
+    started: str,
+    interrupted: bool,
+) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "results.json", out_dir / "results.md"
+    payload = {
+        "started": started,
+        "command": command,
+        "interrupted": interrupted,
+        "config": config,
+        "machine": machine,
+        "results": res.to_json(),
+    }
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+
+    pkgs = ", ".join(f"{k[4:]} {v}" for k, v in machine.items() if k.startswith("pkg:"))
+    md = [
+        "# aioqueue vs peers — benchmark results",
+        "",
+        f"Run started {started}{' (INTERRUPTED: partial results)' if interrupted else ''}.",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine['nproc']} CPUs, {machine['cpu']}; Python {machine['python']}; "
+        f"redis-server {machine['redis_server']}; {machine['platform']}.",
+        "",
+        f"Packages: {pkgs}.",
+        "",
+        f"Settings: N={config['n']} tasks per throughput/enqueue run, K={config['k']} round trips, "
+        f"sleep test {config['sleep_n']} x 50 ms at concurrency {config['sleep_concurrency']} "
+        f"where configurable, {config['rounds']} interleaved rounds; "
+        "cells are medians over rounds.",
+        "",
+        res.markdown_table(),
+        "",
+        "↑ higher is better, ↓ lower is better; the last column is aioqueue's value divided by the "
+        "best peer's, so > 1 wins on ↑ rows and < 1 wins on ↓ rows. "
+        "\\* peers have no batch enqueue API: compared with the best peer's plain enqueue.",
+        "",
+        "Worker settings per library (throughput / round trip; sleep test):",
+        "",
+    ]
+    for lib in res.libs:
+        n = res.notes.get(lib, {})
+        md.append(f"- **{lib}**: {n.get('default', '?')}; sleep test: {n.get('sleep', '?')}")
+    errs = [(lib, e) for lib in res.libs for e in res.errors.get(lib, [])]
+    if errs:
+        md += ["", "Errors:", ""] + [f"- {lib}: {e}" for lib, e in errs]
+    md += ["", "Method: see benchmarks/README.md.", ""]
+    md_path.write_text("\n".join(md))
+    return json_path, md_path

@@ -1,0 +1,52 @@
+"""aioqueue adapter: ``task.delay``, ``task.delay_many`` and awaiting the handles."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from typing import Any
+
+from benchmarks.peers.base import Peer, fresh_import, venv_bin
+
+
+class AioqueuePeer(Peer):
+    name = "aioqueue"
+    has_batch = True
+
+    def worker_cmd(self, concurrency: int | None) -> tuple[list[str], dict[str, str]]:
+        script = venv_bin("aioqueue")
+        # Fall back to `python -m aioqueue` if the console script is not installed (yet).
+        prefix = [script] if shutil.which(script) else [venv_bin("python"), "-m", "aioqueue"]
+        cmd = [*prefix, "worker", "benchmarks.peers.aioqueue_tasks:app", "-l", "warning"]
+        if concurrency:
+            cmd += ["-c", str(concurrency)]
+        return cmd, {}
+
+    async def connect(self) -> None:
+        self.tasks: Any = fresh_import("benchmarks.peers.aioqueue_tasks")
+
+    async def close(self) -> None:
+        await self.tasks.app.close()
+
+    async def enqueue(self, n: int) -> None:
+        for _ in range(n):
+            await self.tasks.noop.delay()
+
+    async def enqueue_batch(self, n: int) -> None:
+        await self.tasks.noop.delay_many([() for _ in range(n)])
+
+    async def _run_all(self, task: Any, n: int, timeout: float) -> None:
+        handles = await task.delay_many([() for _ in range(n)])  # one pipeline
+        # Awaiting every handle is how an aioqueue user waits for results.
+        await asyncio.wait_for(asyncio.gather(*handles), timeout)
+
+    async def run_noops(self, n: int, timeout: float) -> None:
+        await self._run_all(self.tasks.noop, n, timeout)
+
+    async def round_trip(self, timeout: float) -> None:
+        handle = await self.tasks.add.delay(1, 2)
+        result = await asyncio.wait_for(handle, timeout)  # `await handle` -> 3
+        assert result == 3, result
+
+    async def run_sleepy(self, n: int, timeout: float) -> None:
+        await self._run_all(self.tasks.sleepy, n, timeout)

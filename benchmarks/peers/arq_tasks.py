@@ -1,0 +1,40 @@
+"""arq task module; worker: ``arq benchmarks.peers.arq_tasks.WorkerSettings``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, ClassVar
+
+from arq.connections import RedisSettings
+from arq.logs import default_log_config
+
+from benchmarks.peers.base import CONCURRENCY_ENV, REDIS_URL_ENV
+
+
+async def noop(ctx: dict[str, Any]) -> None:
+    return None
+
+
+async def add(ctx: dict[str, Any], x: int, y: int) -> int:
+    return x + y
+
+
+async def sleepy(ctx: dict[str, Any]) -> None:
+    await asyncio.sleep(0.05)
+
+
+class WorkerSettings:
+    functions: ClassVar[list[Any]] = [noop, add, sleepy]
+    redis_settings = RedisSettings.from_dsn(os.environ[REDIS_URL_ENV])
+
+
+# arq's CLI has no concurrency flag; max_jobs (default 10) is a WorkerSettings attribute.
+if os.environ.get(CONCURRENCY_ENV):
+    WorkerSettings.max_jobs = int(os.environ[CONCURRENCY_ENV])  # type: ignore[attr-defined]
+
+# arq's CLI logs two lines per job at INFO; every other worker here runs at WARNING, and
+# per-job logging would dominate a no-op's cost, so arq gets WARNING too (--custom-log-dict).
+LOG_CONFIG = default_log_config(verbose=False)
+LOG_CONFIG["handlers"]["arq.standard"]["level"] = "WARNING"
+LOG_CONFIG["loggers"]["arq"]["level"] = "WARNING"

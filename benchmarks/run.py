@@ -1,0 +1,329 @@
+"""Benchmark driver: ``python -m benchmarks.run [--short] [--only aioqueue,arq]``.
+
+One redis-server, one worker process per library at a time, libraries interleaved round
+by round so that slow drifts of the machine hit every library alike. See README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import datetime as dt
+import os
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from redis.asyncio import Redis
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from benchmarks._measure import WorkerProcess, kill_all_workers, percentile, proc_cpu_seconds
+from benchmarks._redis import RedisServer
+from benchmarks._report import Results, machine_info, write_outputs
+from benchmarks.peers import ADAPTERS, load_peer
+from benchmarks.peers.base import REDIS_URL_ENV, Peer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(__file__).resolve().parent
+PHASES = ("enqueue", "round trip", "throughput", "sleep test")
+WARMUP_TIMEOUT = 60.0
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Config:
+    n: int
+    k: int
+    sleep_n: int
+    sleep_concurrency: int
+    rounds: int
+    libs: tuple[str, ...]
+    mode: str
+
+    @property
+    def throughput_timeout(self) -> float:
+        return 60 + self.n / 50  # generous: even 50 tasks/s finishes
+
+    @property
+    def sleep_timeout(self) -> float:
+        return 60 + self.sleep_n * 0.05  # as if fully serial (concurrency 1)
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    p.add_argument("--short", action="store_true", help="small N, 2 rounds (a few minutes)")
+    p.add_argument("--only", default="", help=f"comma list out of {','.join(ADAPTERS)}")
+    p.add_argument("--n", type=int, help="tasks per enqueue/throughput run")
+    p.add_argument("--k", type=int, help="sequential round trips per round")
+    p.add_argument("--sleep-n", type=int, help="tasks in the sleep test")
+    p.add_argument("--sleep-concurrency", type=int, default=500)
+    p.add_argument("--rounds", type=int)
+    a = p.parse_args(argv)
+    libs = tuple(x.strip() for x in a.only.split(",") if x.strip()) or tuple(ADAPTERS)
+    unknown = [x for x in libs if x not in ADAPTERS]
+    if unknown:
+        p.error(f"unknown libraries: {', '.join(unknown)}")
+    short = {"n": 2000, "k": 20, "sleep_n": 500, "rounds": 2}
+    full = {"n": 20000, "k": 100, "sleep_n": 5000, "rounds": 3}
+    base = short if a.short else full
+    return Config(
+        n=a.n or base["n"],
+        k=a.k or base["k"],
+        sleep_n=a.sleep_n or base["sleep_n"],
+        sleep_concurrency=a.sleep_concurrency,
+        rounds=a.rounds or base["rounds"],
+        libs=libs,
+        mode="short" if a.short else "full",
+    )
+
+
+async def guarded(aw: Awaitable[T], worker: WorkerProcess | None, timeout: float) -> T:
+    """Await ``aw`` but fail fast if the worker dies, and never wait past ``timeout``."""
+    task = asyncio.ensure_future(aw)
+    deadline = time.perf_counter() + timeout
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if worker is not None:
+                worker.check_alive()
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"no result within {timeout:.0f}s")
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+class Bench:
+    def __init__(self, cfg: Config, server: RedisServer, logdir: Path, progress: Progress) -> None:
+        self.cfg = cfg
+        self.server = server
+        self.logdir = logdir
+        self.progress = progress
+        self.bar = progress.add_task("starting", total=cfg.rounds * len(cfg.libs) * len(PHASES))
+        self.res = Results(list(cfg.libs))
+        self.redis: Redis[Any] = Redis.from_url(server.url)
+
+    def _step(self, text: str) -> None:
+        self.progress.update(self.bar, description=text)
+
+    @contextlib.asynccontextmanager
+    async def worker(
+        self, peer: Peer, concurrency: int | None, tag: str
+    ) -> AsyncIterator[WorkerProcess]:
+        cmd, extra_env = peer.worker_cmd(concurrency)
+        env = {
+            **os.environ,
+            REDIS_URL_ENV: self.server.url,
+            # Console scripts do not put the cwd on sys.path; the task modules live here.
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+            ),
+            "PYTHONUNBUFFERED": "1",
+            **extra_env,
+        }
+        w = WorkerProcess(peer.name, cmd, env, self.logdir / f"{peer.name}-{tag}.log")
+        w.start(REPO_ROOT)
+        peer.alive = w.check_alive
+        try:
+            await self.warm_up(peer, w)
+            yield w
+        finally:
+            await asyncio.to_thread(w.stop)
+            await self.redis.flushall()
+
+    async def warm_up(self, peer: Peer, w: WorkerProcess) -> None:
+        """Ready = one successful round trip, so import/connect time is never measured.
+
+        Retried because a task sent while a worker is still starting may fail: SAQ's
+        startup sweep, for one, aborts a job it sees being picked up at that moment.
+        """
+        deadline = time.perf_counter() + WARMUP_TIMEOUT
+        while True:
+            try:
+                await guarded(peer.round_trip(WARMUP_TIMEOUT), w, WARMUP_TIMEOUT)
+                return
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise
+            except Exception:
+                w.check_alive()
+                if time.perf_counter() > deadline:
+                    raise
+
+    async def phase(self, lib: str, name: str, fn: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await fn()
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            self.res.error(lib, name, exc)
+        finally:
+            self.progress.advance(self.bar)
+
+    async def run_lib(self, rnd: int, lib: str) -> None:
+        cfg, res = self.cfg, self.res
+        label = f"round {rnd}/{cfg.rounds} · {lib}"
+        try:
+            peer = load_peer(lib, self.server.url)
+            await peer.connect()
+        except Exception as exc:
+            res.error(lib, "import/connect", exc)
+            self.progress.advance(self.bar, len(PHASES))
+            return
+        res.notes[lib] = {
+            "default": peer.concurrency_note(None),
+            "sleep": peer.concurrency_note(cfg.sleep_concurrency),
+        }
+
+        async def enqueue() -> None:
+            # No worker running: this is the client + redis cost alone.
+            self._step(f"{label}: enqueue {cfg.n}")
+            await self.redis.flushall()
+            t0 = time.perf_counter()
+            await guarded(peer.enqueue(cfg.n), None, cfg.throughput_timeout)
+            res.add(lib, "enqueue", cfg.n / (time.perf_counter() - t0))
+            await self.redis.flushall()
+            if peer.has_batch:
+                t0 = time.perf_counter()
+                await guarded(peer.enqueue_batch(cfg.n), None, cfg.throughput_timeout)
+                res.add(lib, "enqueue_batch", cfg.n / (time.perf_counter() - t0))
+                await self.redis.flushall()
+
+        inner_done = 0  # progress steps the default-worker phases have advanced
+
+        async def default_worker() -> None:
+            nonlocal inner_done
+            self._step(f"{label}: start worker")
+            async with self.worker(peer, None, f"default-r{rnd}") as w:
+                await self.phase(lib, "round trip", lambda: round_trips(w))
+                inner_done += 1
+                await self.phase(lib, "throughput", lambda: throughput(w))
+                inner_done += 1
+
+        async def round_trips(w: WorkerProcess) -> None:
+            self._step(f"{label}: {cfg.k} round trips")
+            samples = []
+            for _ in range(cfg.k):
+                t0 = time.perf_counter()
+                await guarded(peer.round_trip(WARMUP_TIMEOUT), w, WARMUP_TIMEOUT)
+                samples.append((time.perf_counter() - t0) * 1000)
+            res.add(lib, "rtt_p50", percentile(samples, 50))
+            res.add(lib, "rtt_p99", percentile(samples, 99))
+
+        async def throughput(w: WorkerProcess) -> None:
+            self._step(f"{label}: {cfg.n} no-ops through the worker")
+            w_cpu, r_cpu = w.cpu_seconds(), proc_cpu_seconds(self.server.pid)
+            t0 = time.perf_counter()
+            await guarded(peer.run_noops(cfg.n, cfg.throughput_timeout), w, cfg.throughput_timeout)
+            elapsed = time.perf_counter() - t0
+            res.add(lib, "throughput", cfg.n / elapsed)
+            res.add(lib, "worker_cpu", (w.cpu_seconds() - w_cpu) * 10_000 / cfg.n)
+            res.add(lib, "redis_cpu", (proc_cpu_seconds(self.server.pid) - r_cpu) * 10_000 / cfg.n)
+
+        async def sleep_test() -> None:
+            self._step(f"{label}: start worker (c={cfg.sleep_concurrency})")
+            async with self.worker(peer, cfg.sleep_concurrency, f"sleep-r{rnd}") as w:
+                self._step(f"{label}: sleep test {cfg.sleep_n} x 50 ms")
+                t0 = time.perf_counter()
+                await guarded(peer.run_sleepy(cfg.sleep_n, cfg.sleep_timeout), w, cfg.sleep_timeout)
+                res.add(lib, "sleep_wall", time.perf_counter() - t0)
+
+        try:
+            await self.phase(lib, "enqueue", enqueue)
+            try:
+                await default_worker()
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # worker failed to start/warm up: both phases lost
+                res.error(lib, "worker", exc)
+                self.progress.advance(self.bar, 2 - inner_done)
+            await self.phase(lib, "sleep test", sleep_test)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(peer.close(), 10)
+
+    async def run(self) -> Results:
+        for rnd in range(1, self.cfg.rounds + 1):
+            for lib in self.cfg.libs:
+                await self.run_lib(rnd, lib)
+        self._step("done")
+        await self.redis.aclose()
+        return self.res
+
+
+def exact_command() -> str:
+    exe = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        exe = exe.relative_to(Path.cwd())  # not resolved: keep the venv path readable
+    return shlex.join([str(exe), "-m", "benchmarks.run", *sys.argv[1:]])
+
+
+def _on_sigterm(signum: int, frame: object) -> NoReturn:
+    # Treat SIGTERM like Ctrl-C so the same cleanup path (workers, then redis) runs.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    console = Console()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    atexit.register(kill_all_workers)
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    logdir = Path(tempfile.mkdtemp(prefix="aioqueue-bench-logs-"))
+    interrupted = False
+    res = Results(list(cfg.libs))
+    server = RedisServer()
+    try:
+        server.start()
+        # Task modules read the URL at import, in the workers and in this process alike.
+        os.environ[REDIS_URL_ENV] = server.url
+        console.print(f"redis-server {server.version()} on {server.url} · worker logs in {logdir}")
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        with progress:
+            bench = Bench(cfg, server, logdir, progress)
+            res = bench.res
+            try:
+                asyncio.run(bench.run())
+            except KeyboardInterrupt:
+                interrupted = True
+        machine = machine_info(server.version())
+    finally:
+        kill_all_workers()
+        server.stop()
+    title = f"aioqueue vs peers ({cfg.mode}: N={cfg.n}, K={cfg.k}, rounds={cfg.rounds}; medians)"
+    console.print(res.rich_table(title))
+    for lib, errs in res.errors.items():
+        for e in errs:
+            console.print(f"[red]{lib}[/red] {e}", highlight=False)
+    json_path, md_path = write_outputs(
+        res, BENCH_DIR, machine, exact_command(), asdict(cfg), started, interrupted
+    )
+    console.print(f"wrote {json_path.relative_to(REPO_ROOT)} and {md_path.relative_to(REPO_ROOT)}")
+    if res.errors:
+        console.print(f"[yellow]errors occurred; worker logs kept in {logdir}[/yellow]")
+    else:
+        shutil.rmtree(logdir, ignore_errors=True)
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
