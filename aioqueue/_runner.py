@@ -165,12 +165,12 @@ class TaskRunner:
 
         task = self.app.tasks.get(msg.task)
         if task is None:
-            error = NotRegistered(
+            unknown = NotRegistered(
                 f"task {msg.task!r} is not registered with app {self.app.main!r}",
                 task_name=msg.task, task_id=msg.id,
             )
-            log.error("%s (message %s); moved to dead letters", error, msg.id)
-            return self._outcome(delivery, msg, State.FAILURE, exc=error,
+            log.error("%s (message %s); moved to dead letters", unknown, msg.id)
+            return self._outcome(delivery, msg, State.FAILURE, exc=unknown,
                                  dead_reason=f"not registered: {msg.task}")
 
         now = time.time()

@@ -161,7 +161,7 @@ class AioQueue:
         expires: float | None = ...,
     ) -> _TaskDecorator: ...
 
-    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``.
 
         Options (Celery's names): ``name`` (default ``module.function``), ``bind`` (pass the
@@ -296,7 +296,8 @@ class AioQueue:
                 try:
                     serializer.encode(TaskMessage(id="", task="", args=(value,)))
                 except SerializationError:
-                    where = f"argument {label}" if label.isdigit() else f"keyword argument {label!r}"
+                    where = (f"argument {label}" if label.isdigit()
+                             else f"keyword argument {label!r}")
                     raise SerializationError(
                         f"cannot enqueue {msg.task}: {where} of type {type(value).__name__} "
                         f"is not serializable with {serializer.name}"
@@ -340,7 +341,7 @@ class AioQueue:
         msg, item = self._build(name, tuple(args or ()), dict(kwargs or {}), **options)
         return await self._enqueue_one(msg, item, name)
 
-    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
         """A handle on a task by id, usable from any process."""
         return AsyncResult(task_id, self)
 

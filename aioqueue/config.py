@@ -76,7 +76,9 @@ class Settings:
         if self.result_expires_s <= 0:
             raise ConfigurationError(f"result_expires must be positive, not {self.result_expires}")
         if self.max_deliveries < 1:
-            raise ConfigurationError(f"max_deliveries must be at least 1, not {self.max_deliveries}")
+            raise ConfigurationError(
+                f"max_deliveries must be at least 1, not {self.max_deliveries}"
+            )
 
     @property
     def result_expires_s(self) -> float:

@@ -12,7 +12,7 @@ run code. It exists only behind an explicit ``serializer="pickle"``.
 from __future__ import annotations
 
 import pickle
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -31,7 +31,7 @@ __all__ = (
 WIRE_VERSION: Final = 1
 
 
-class State(str, Enum):
+class State(StrEnum):
     """A task's state, with Celery's names."""
 
     PENDING = "PENDING"
@@ -153,7 +153,7 @@ class _PickleSerializer:
 
     def _load(self, data: bytes, kind: type[Any]) -> Any:
         try:
-            obj = pickle.loads(data)  # noqa: S301 - the user opted in to pickle
+            obj = pickle.loads(data)
         except Exception as exc:
             raise SerializationError(f"undecodable payload (pickle): {exc}") from exc
         if not isinstance(obj, kind):

@@ -10,6 +10,7 @@ pending handle at once (``BLMPOP``). A handle made from a bare id in another pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import time
@@ -57,10 +58,9 @@ def exception_from_record(record: ResultRecord) -> BaseException:
     exc: BaseException = RemoteTaskError(type_name, message, task_id=record.id)
     cls = _import_exception_type(type_name)
     if cls is not None:
-        try:
+        # A constructor that wants other arguments keeps the RemoteTaskError.
+        with contextlib.suppress(Exception):
             exc = cls(*record.exc_args) if record.exc_args is not None else cls(message)
-        except Exception:  # a constructor with other arguments: keep RemoteTaskError
-            pass
     if record.traceback:
         exc.add_note(f"Traceback on worker {record.worker or '?'}:\n{record.traceback}")
     return exc
@@ -83,8 +83,9 @@ def _import_exception_type(type_name: str) -> type[Exception] | None:
 class ResultWaiter:
     """Resolves every pending handle of one app from its reply list, in one listener."""
 
-    #: Records that arrive before anyone awaits them are kept, up to this many.
-    CACHE_SIZE = 50_000
+    #: Recent final records are kept, up to this many, so a handle awaited again (or a
+    #: reply that arrives before its handle is awaited) resolves without a round trip.
+    CACHE_SIZE = 20_000
     #: The listener keeps draining this long after the last send or wait.
     LINGER_S = 30.0
 
@@ -93,7 +94,7 @@ class ResultWaiter:
         self.serializer = serializer
         self.reply_to = reply_to
         self._futures: dict[str, list[asyncio.Future[ResultRecord]]] = {}
-        self._early: OrderedDict[str, ResultRecord] = OrderedDict()
+        self._recent: OrderedDict[str, ResultRecord] = OrderedDict()
         self._listener: asyncio.Task[None] | None = None
         self._last_activity = 0.0
         self._closed = False
@@ -110,9 +111,9 @@ class ResultWaiter:
         self, task_id: str, timeout_s: float | None, poll_s: float, poll_max_s: float,
     ) -> ResultRecord:
         """The final record of ``task_id``; raises ``TimeoutError`` after ``timeout_s``."""
-        early = self._early.pop(task_id, None)
-        if early is not None:
-            return early
+        recent = self._recent.get(task_id)
+        if recent is not None:
+            return recent
         future: asyncio.Future[ResultRecord] = asyncio.get_running_loop().create_future()
         self._futures.setdefault(task_id, []).append(future)
         self.expect()
@@ -132,6 +133,7 @@ class ResultWaiter:
                 if raw is not None:
                     record = self.serializer.decode_record(raw)
                     if record.state in READY_STATES:
+                        self.resolve(record)
                         return record
                 interval = min(interval * 2, poll_max_s)
         finally:
@@ -143,16 +145,19 @@ class ResultWaiter:
                     del self._futures[task_id]
 
     def resolve(self, record: ResultRecord) -> None:
-        """Hand a final record to everyone waiting for it (or keep it for a later wait)."""
+        """Hand a final record to everyone waiting for it, and keep it for later waits."""
         waiting = self._futures.pop(record.id, None)
         if waiting:
             for future in waiting:
                 if not future.done():
                     future.set_result(record)
-            return
-        self._early[record.id] = record
-        if len(self._early) > self.CACHE_SIZE:
-            self._early.popitem(last=False)
+        self._recent[record.id] = record
+        if len(self._recent) > self.CACHE_SIZE:
+            self._recent.popitem(last=False)
+
+    def discard(self, task_id: str) -> None:
+        """Forget a cached record (the result was deleted)."""
+        self._recent.pop(task_id, None)
 
     async def _listen(self) -> None:
         outage = False
@@ -282,6 +287,7 @@ class AsyncResult(Generic[R]):
 
     async def forget(self) -> None:
         """Delete the stored result."""
+        self.app.waiter.discard(self.id)
         await self.app.broker.delete_result(self.id)
 
     async def revoke(self, terminate: bool = False) -> None:

@@ -248,7 +248,7 @@ class Task(Generic[P, R]):
         if not opts.retry_backoff:
             return opts.default_retry_delay
         factor = 1.0 if opts.retry_backoff is True else float(opts.retry_backoff)
-        delay = min(opts.retry_backoff_max, factor * (2**retries))
+        delay = min(opts.retry_backoff_max, factor * 2.0**retries)
         if opts.retry_jitter:
             # Full jitter, as Celery: spreads a thundering herd of retries over the window.
             delay = random.uniform(0, delay)

@@ -12,7 +12,6 @@ skipped for want of Redis.
 
 from __future__ import annotations
 
-
 import shutil
 import socket
 import subprocess

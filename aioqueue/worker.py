@@ -19,9 +19,9 @@ hands their messages back to the queue so another worker runs them at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
-
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -176,10 +176,8 @@ class Worker:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._flush_remaining()
-                try:
+                with contextlib.suppress(BrokerError):
                     await self.broker.forget_consumer(self.queues, self.name)
-                except BrokerError:
-                    pass
             self._stopped.set()
             log.info("worker %s stopped after %d tasks", self.name, self.processed)
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 
 from .base import DeadLetter, Delivery, Enqueue, Outcome
 
@@ -48,7 +49,7 @@ class MemoryBroker:
         self._results: dict[str, tuple[bytes, float]] = {}
         self._replies: defaultdict[str, deque[bytes]] = defaultdict(deque)
         self._revoked: dict[str, float] = {}
-        self._subscribers: list[anyio.abc.ObjectSendStream[bytes]] = []
+        self._subscribers: list[MemoryObjectSendStream[bytes]] = []
         self._changed = anyio.Event()
         self._interrupted = False
         self._lease: tuple[str, float] | None = None

@@ -13,10 +13,12 @@ send ``CLIENT UNBLOCK`` from another connection, which makes the server answer "
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -57,7 +59,7 @@ class _BlockingChannel:
 
     def __init__(self, url: str, block_s: float) -> None:
         # The socket timeout must outlast the longest BLOCK we ask the server for.
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
+        self.client: Any = aioredis.Redis.from_url(
             url, single_connection_client=True, socket_timeout=block_s + 10.0
         )
         self._client_id: int | None = None
@@ -71,12 +73,11 @@ class _BlockingChannel:
         """Forget the connection id: after an error redis-py reconnects with a new one."""
         self._client_id = None
 
-    async def unblock(self, control: aioredis.Redis) -> None:
+    async def unblock(self, control: Any) -> None:
         if self.busy and self._client_id is not None:
-            try:
+            # On failure the blocked read simply returns at its own timeout.
+            with contextlib.suppress(*_CONNECTION_ERRORS):
                 await control.client_unblock(self._client_id)
-            except _CONNECTION_ERRORS:
-                pass  # the blocked read will return on its own timeout
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -99,7 +100,9 @@ class RedisBroker:
         #: How long a producer's command retries while Redis is unreachable.
         self.connect_timeout_s = connect_timeout_s
         self._max_block_s = max_block_s
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
+        # Typed as Any on purpose: redis-py's stubs type replies as ``bytes | str`` whatever
+        # ``decode_responses`` says; ours is always False, so replies are bytes.
+        self._client: Any = aioredis.Redis.from_url(
             url, socket_connect_timeout=min(connect_timeout_s, 5.0)
         )
         self._fetch = _BlockingChannel(url, max_block_s)
@@ -237,20 +240,17 @@ class RedisBroker:
             if len(out) >= count:
                 break
             stream = self.keys.stream(queue)
-            pending = await self._call(
-                lambda stream=stream: self._client.xpending_range(  # type: ignore[misc]
-                    stream, CONSUMER_GROUP, "-", "+", count - len(out), idle=idle_ms
-                )
-            )
+            pending = await self._call(partial(
+                self._client.xpending_range,
+                stream, CONSUMER_GROUP, "-", "+", count - len(out), idle=idle_ms,
+            ))
             if not pending:
                 continue
             times = {p["message_id"]: int(p["times_delivered"]) for p in pending}
             # XCLAIM re-checks the idle time, so two workers racing here cannot both win.
-            claimed = await self._call(
-                lambda stream=stream: self._client.xclaim(  # type: ignore[misc]
-                    stream, CONSUMER_GROUP, consumer, idle_ms, list(times)
-                )
-            )
+            claimed = await self._call(partial(
+                self._client.xclaim, stream, CONSUMER_GROUP, consumer, idle_ms, list(times)
+            ))
             for entry_id, fields in claimed:
                 payload = fields.get(b"m", b"") if fields else b""
                 out.append(Delivery(queue, entry_id.decode(), payload, times[entry_id] + 1))
@@ -327,17 +327,14 @@ class RedisBroker:
     async def forget_consumer(self, queues: Sequence[str], consumer: str) -> None:
         for q in queues:
             stream = self.keys.stream(q)
-            pending = await self._call(
-                lambda stream=stream: self._client.xpending_range(  # type: ignore[misc]
-                    stream, CONSUMER_GROUP, "-", "+", 1, consumername=consumer
-                )
-            )
+            pending = await self._call(partial(
+                self._client.xpending_range, stream, CONSUMER_GROUP, "-", "+", 1,
+                consumername=consumer,
+            ))
             if not pending:
-                await self._call(
-                    lambda stream=stream: self._client.xgroup_delconsumer(  # type: ignore[misc]
-                        stream, CONSUMER_GROUP, consumer
-                    )
-                )
+                await self._call(partial(
+                    self._client.xgroup_delconsumer, stream, CONSUMER_GROUP, consumer
+                ))
 
     # -- results ---------------------------------------------------------------------------
     async def get_result(self, task_id: str) -> bytes | None:
@@ -416,10 +413,8 @@ class RedisBroker:
                     yield bytes(message["data"])
         finally:
             with anyio.CancelScope(shield=True):
-                try:
+                with contextlib.suppress(_CONNECTION_ERRORS):
                     await pubsub.aclose()
-                except _CONNECTION_ERRORS:
-                    pass
 
     async def queue_sizes(self, queues: Sequence[str]) -> dict[str, tuple[int, int, int]]:
         async def run() -> list[int]:
@@ -506,7 +501,7 @@ class RedisBroker:
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.delete(key)
                 if schedules:
-                    pipe.hset(key, mapping=schedules)  # type: ignore[arg-type]
+                    pipe.hset(key, mapping=schedules)
                 if gone:
                     pipe.hdel(runs, *gone)
                 await pipe.execute()

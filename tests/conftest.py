@@ -1,0 +1,32 @@
+"""Shared fixtures: apps on the session's real redis-server (see ``aioqueue.testing``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from aioqueue import AioQueue
+
+
+@pytest.fixture
+async def app(redis_url: str) -> AsyncIterator[AioQueue]:
+    """An app on the test Redis with short timeouts, closed after the test."""
+    application = AioQueue(
+        "tests",
+        broker=redis_url,
+        visibility_timeout=2.0,
+        shutdown_timeout=2.0,
+        broker_connection_timeout=2.0,
+        delayed_poll_interval=0.02,
+    )
+    yield application
+    await application.close()
+
+
+@pytest.fixture
+async def memory_app() -> AsyncIterator[AioQueue]:
+    """An app on the in-process memory broker."""
+    application = AioQueue("tests", broker="memory://", delayed_poll_interval=0.02)
+    yield application
+    await application.close()
