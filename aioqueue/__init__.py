@@ -23,6 +23,10 @@ from .errors import TimeLimitExceeded as TimeLimitExceeded
 from .message import State as State
 from .result import AsyncResult as AsyncResult
 from .result import ResultInfo as ResultInfo
+from .schedules import Interval as Interval
+from .schedules import Schedule as Schedule
+from .schedules import crontab as crontab
+from .schedules import every as every
 from .task import Request as Request
 from .task import Task as Task
 from .worker import Worker as Worker
@@ -37,12 +41,14 @@ __all__ = (
     "BrokerError",
     "ConfigurationError",
     "DeadLettered",
+    "Interval",
     "MaxRetriesExceeded",
     "NotRegistered",
     "RemoteTaskError",
     "Request",
     "ResultInfo",
     "Retry",
+    "Schedule",
     "SerializationError",
     "Settings",
     "State",
@@ -52,4 +58,6 @@ __all__ = (
     "TimeLimitExceeded",
     "Worker",
     "__version__",
+    "crontab",
+    "every",
 )

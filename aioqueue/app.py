@@ -311,10 +311,9 @@ class AioQueue:
         return await self._enqueue_one(msg, item, task.name)
 
     async def _enqueue_one(self, msg: TaskMessage, item: Enqueue, name: str) -> AsyncResult[Any]:
-        broker = self.broker
+        await self.broker.enqueue([item])
         if msg.reply_to is not None:
             self.waiter.expect()
-        await broker.enqueue([item])
         return AsyncResult(msg.id, self, name, fast=msg.reply_to is not None)
 
     async def _send_many(
@@ -324,10 +323,10 @@ class AioQueue:
         built = [self._build(task.name, args, {}, now=now) for args in calls]
         if not built:
             return []
-        if built[0][0].reply_to is not None:
-            self.waiter.expect()
         await self.broker.enqueue([item for _, item in built])
         fast = built[0][0].reply_to is not None
+        if fast:
+            self.waiter.expect()
         return [AsyncResult(msg.id, self, task.name, fast=fast) for msg, _ in built]
 
     async def send_task(

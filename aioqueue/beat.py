@@ -47,7 +47,7 @@ from zoneinfo import ZoneInfo
 
 import anyio
 
-from .errors import BrokerError, ConfigurationError
+from .errors import AioQueueError, BrokerError, ConfigurationError
 from .schedules import Schedule, as_schedule, due_tick, next_fire_times, resolve_timezone
 
 if TYPE_CHECKING:
@@ -111,7 +111,8 @@ def collect_schedules(app: AioQueue) -> tuple[list[ScheduleEntry], ZoneInfo]:
     """Validate ``app.conf.beat_schedule`` and ``app.periodic_tasks`` and the timezone.
 
     Raises ``ConfigurationError`` naming the offending schedule (bad value, unknown key, a
-    name declared both ways) or the unknown timezone.
+    name declared both ways, an option or argument that cannot be sent) or the unknown
+    timezone.
     """
     try:
         zone = resolve_timezone(app.conf.timezone)
@@ -125,7 +126,22 @@ def collect_schedules(app: AioQueue) -> tuple[list[ScheduleEntry], ZoneInfo]:
                 f"beat schedule {name!r} is declared both in beat_schedule and by @app.periodic"
             )
         entries.append(_entry(name, spec))
+    for entry in entries:
+        _check_sendable(app, entry)
     return entries, zone
+
+
+def _check_sendable(app: AioQueue, entry: ScheduleEntry) -> None:
+    # Building the message once (pure: no I/O) turns a misspelt option or an unserializable
+    # argument into an error at start-up rather than a failure logged at every tick.
+    try:
+        app._build(entry.task, entry.args, entry.kwargs, **entry.options)
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"beat schedule {entry.name!r}: invalid options {entry.options!r}: {exc}"
+        ) from None
+    except (ValueError, AioQueueError) as exc:
+        raise ConfigurationError(f"beat schedule {entry.name!r}: {exc}") from None
 
 
 def describe(

@@ -52,6 +52,7 @@ class MemoryBroker:
         self._subscribers: list[MemoryObjectSendStream[bytes]] = []
         self._changed = anyio.Event()
         self._interrupted = False
+        self._replies_interrupted = False
         self._lease: tuple[str, float] | None = None
         self._ticks: dict[str, float] = {}
         self._last_runs: dict[str, float] = {}
@@ -202,11 +203,13 @@ class MemoryBroker:
                 replies.clear()
                 return out
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._closed:
+            if remaining <= 0 or self._closed or self._replies_interrupted:
+                self._replies_interrupted = False
                 return []
             await self._wait_change(remaining)
 
     async def interrupt_replies(self) -> None:
+        self._replies_interrupted = True
         self._notify()
 
     async def revoke(self, task_id: str, until: float, control: bytes) -> None:

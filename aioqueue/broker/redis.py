@@ -413,7 +413,7 @@ class RedisBroker:
                     yield bytes(message["data"])
         finally:
             with anyio.CancelScope(shield=True):
-                with contextlib.suppress(_CONNECTION_ERRORS):
+                with contextlib.suppress(*_CONNECTION_ERRORS):
                     await pubsub.aclose()
 
     async def queue_sizes(self, queues: Sequence[str]) -> dict[str, tuple[int, int, int]]:

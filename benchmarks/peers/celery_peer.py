@@ -7,6 +7,7 @@ result backend is thread-local; one thread keeps one connection and one result c
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,9 @@ class CeleryPeer(Peer):
         self.redis: Redis[Any] = Redis.from_url(self.redis_url)
 
     async def close(self) -> None:
+        # AsyncResult objects sit in reference cycles; their __del__ unsubscribes from
+        # redis, so collect them now, while redis is still up, not at interpreter exit.
+        await self._call(gc.collect)
         await self._call(self.tasks.app.close)
         self._thread.shutdown(wait=True)
         await self.redis.aclose()

@@ -1,0 +1,66 @@
+"""The task module run by the fault-injection tests' CLI worker subprocesses.
+
+``python -m aioqueue worker fault_app:app`` with ``cwd=tests``. Everything comes from the
+environment so each test can tune it:
+
+* ``FAULT_REDIS_URL`` -- the broker (required);
+* ``FAULT_VT`` -- visibility_timeout (s), ``FAULT_SHUTDOWN_TIMEOUT`` -- shutdown_timeout (s),
+  ``FAULT_CONNECTION_TIMEOUT`` -- broker_connection_timeout (s).
+
+Tasks count their own executions in the Redis hash ``fault:runs`` (field = the key they were
+given) through a plain redis client: a test fixture may use redis directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+
+from aioqueue import AioQueue
+
+URL = os.environ.get("FAULT_REDIS_URL", "redis://127.0.0.1:6379/0")
+RUNS_KEY = "fault:runs"
+
+app = AioQueue(
+    "fault_app",
+    broker=URL,
+    visibility_timeout=float(os.environ.get("FAULT_VT", "1.5")),
+    shutdown_timeout=float(os.environ.get("FAULT_SHUTDOWN_TIMEOUT", "1.0")),
+    broker_connection_timeout=float(os.environ.get("FAULT_CONNECTION_TIMEOUT", "2.0")),
+    delayed_poll_interval=0.05,
+)
+
+_client: Any = None
+
+
+async def _count_run(key: str) -> None:
+    """HINCRBY fault:runs KEY 1, retrying while Redis is away (the restart test)."""
+    global _client
+    if _client is None:
+        _client = aioredis.Redis.from_url(URL, socket_connect_timeout=1.0)
+    for _ in range(300):
+        try:
+            await _client.hincrby(RUNS_KEY, key, 1)
+            return
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+            await asyncio.sleep(0.1)
+    raise RuntimeError("could not record a run: Redis away for 30s")
+
+
+@app.task(name="fault.record")
+async def record(key: str, seconds: float = 0.0) -> str:
+    """Count this execution, then sleep ``seconds``; returns ``key``."""
+    await _count_run(key)
+    if seconds:
+        await asyncio.sleep(seconds)
+    return key
+
+
+@app.task(name="fault.echo")
+async def echo(value: Any) -> Any:
+    """Return the argument (no bookkeeping)."""
+    return value
