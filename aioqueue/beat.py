@@ -156,8 +156,12 @@ def describe(
     entries, zone = collect_schedules(app)
     at = datetime.now(UTC) if now is None else now
     return [
-        (e.name, e.task, e.schedule.describe(),
-         [t.astimezone(zone) for t in next_fire_times(e.schedule, at, zone, n)])
+        (
+            e.name,
+            e.task,
+            e.schedule.describe(),
+            [t.astimezone(zone) for t in next_fire_times(e.schedule, at, zone, n)],
+        )
         for e in entries
     ]
 
@@ -182,6 +186,9 @@ class Beat:
         self.tick_s = min(tick_s, self.lease_ttl_s / 3)
         #: True while this beat holds the lease (as of its last renewal).
         self.is_leader = False
+        # Whether the last renewal succeeded, even if this step failed before we could act
+        # as leader: what decides releasing on the way out.
+        self._holds_lease = False
         # Ticks we claimed whose send failed on a broker error: ours to retry, not re-claim.
         self._owed: dict[str, float] = {}
 
@@ -201,10 +208,18 @@ class Beat:
         """
         for entry in self.entries:
             if entry.task not in self.app.tasks:
-                log.warning("Scheduler: schedule %s names task %s, which this app does not "
-                            "register; sending it by name anyway", entry.name, entry.task)
-        log.info("Scheduler: beat %s starting with %d schedule(s), timezone %s", self.owner,
-                 len(self.entries), self.zone.key)
+                log.warning(
+                    "Scheduler: schedule %s names task %s, which this app does not "
+                    "register; sending it by name anyway",
+                    entry.name,
+                    entry.task,
+                )
+        log.info(
+            "Scheduler: beat %s starting with %d schedule(s), timezone %s",
+            self.owner,
+            len(self.entries),
+            self.zone.key,
+        )
         try:
             async with anyio.create_task_group() as tg:
 
@@ -234,21 +249,27 @@ class Beat:
                     log.warning("Scheduler: broker unavailable (%s); retrying", exc)
             else:
                 if outage_since is not None:
-                    log.warning("Scheduler: broker reachable again after %.1fs",
-                                time.monotonic() - outage_since)
+                    log.warning(
+                        "Scheduler: broker reachable again after %.1fs",
+                        time.monotonic() - outage_since,
+                    )
                     outage_since = None
             with anyio.move_on_after(self.tick_s):
                 await stop.wait()
 
     async def _release(self) -> None:
-        if not self.is_leader:
+        if not self._holds_lease:
             return
         try:
             await self.app.broker.release_lease(self.owner)
         except BrokerError as exc:
-            log.warning("Scheduler: could not release the lease (%s); it expires in %.1fs",
-                        exc, self.lease_ttl_s)
+            log.warning(
+                "Scheduler: could not release the lease (%s); it expires in %.1fs",
+                exc,
+                self.lease_ttl_s,
+            )
         else:
+            self._holds_lease = False
             self._set_leader(False)
 
     def _set_leader(self, leader: bool) -> None:
@@ -262,7 +283,7 @@ class Beat:
     async def _step(self) -> None:
         """Renew the lease; as leader, fire every due tick.  Broker errors propagate."""
         broker = self.app.broker
-        held = await broker.acquire_lease(self.owner, self.lease_ttl_s)
+        held = self._holds_lease = await broker.acquire_lease(self.owner, self.lease_ttl_s)
         if not held:
             self._set_leader(False)
             return

@@ -50,27 +50,36 @@ FETCH_BLOCK_S = 2.0
 
 
 class _Outage:
-    """Logs one line when the broker goes away and one when it is back, not one per retry."""
+    """One loop's back-off while the broker is away. Logs one line when the broker goes
+    away and one when it is back: per worker, not per loop nor per retry (the loops of a
+    worker share ``down``, which holds ``"since"`` while the outage is reported)."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, down: dict[str, float]) -> None:
         self.what = what
-        self.since: float | None = None
+        self.down = down
+        self.failing = False
         self.delay = 0.05
 
     def failed(self, exc: Exception) -> float:
-        if self.since is None:
-            self.since = time.monotonic()
-            log.warning("%s: %s; retrying with back-off", self.what, exc)
+        if not self.failing:
+            self.failing = True
+            if "since" not in self.down:
+                self.down["since"] = time.monotonic()
+                log.warning("%s: %s; retrying with back-off", self.what, exc)
         delay = self.delay
         self.delay = min(self.delay * 2, 2.0)
         return delay
 
     def ok(self) -> None:
-        if self.since is not None:
-            log.warning("%s: broker reachable again after %.1fs", self.what,
-                        time.monotonic() - self.since)
-            self.since = None
+        if self.failing:
+            self.failing = False
             self.delay = 0.05
+        # Whichever loop reaches the broker first reports it back (the control channel
+        # only calls ok() when a message arrives, so it must not be the only one who can).
+        since = self.down.pop("since", None)
+        if since is not None:
+            log.warning("%s: broker reachable again after %.1fs", self.what,
+                        time.monotonic() - since)
 
 
 class Worker:
@@ -112,6 +121,8 @@ class Worker:
         self._started = anyio.Event()
         self._stopped = anyio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: Shared by the loops' _Outage trackers: one log line per outage, not per loop.
+        self._down: dict[str, float] = {}
         vt = app.conf.visibility_timeout
         self._reclaim_every_s = max(0.05, min(vt / 2, 5.0))
         self._heartbeat_every_s = max(0.05, vt / 3)
@@ -209,7 +220,7 @@ class Worker:
 
     # -- fetching --------------------------------------------------------------------------
     async def _fetch_loop(self, tg: anyio.abc.TaskGroup) -> None:
-        outage = _Outage(f"worker {self.name}: fetch")
+        outage = _Outage(f"worker {self.name}: fetch", self._down)
         next_reclaim = time.monotonic() + self._reclaim_every_s
         while not self._stopping:
             if self._free <= 0:
@@ -276,7 +287,7 @@ class Worker:
         self._outcome_added.set()
 
     async def _flusher(self) -> None:
-        outage = _Outage(f"worker {self.name}: settle")
+        outage = _Outage(f"worker {self.name}: settle", self._down)
         while True:
             if not self._outcomes:
                 self._outcome_added = anyio.Event()
@@ -303,7 +314,7 @@ class Worker:
             await self._settled.wait()
 
     async def _flush_remaining(self) -> None:
-        outage = _Outage(f"worker {self.name}: final settle")
+        outage = _Outage(f"worker {self.name}: final settle", self._down)
         deadline = time.monotonic() + max(5.0, self.app.conf.broker_connection_timeout)
         while self._outcomes and time.monotonic() < deadline:
             batch, self._outcomes = self._outcomes, []
@@ -339,7 +350,7 @@ class Worker:
             await self._stop_requested.wait()
 
     async def _maintenance(self) -> None:
-        outage = _Outage(f"worker {self.name}: maintenance")
+        outage = _Outage(f"worker {self.name}: maintenance", self._down)
         interval = self.app.conf.delayed_poll_interval
         next_heartbeat = time.monotonic() + self._heartbeat_every_s
         while True:
@@ -364,7 +375,7 @@ class Worker:
         self.revoked.update(await self.broker.revoked_ids(time.time()))
 
     async def _control_listener(self) -> None:
-        outage = _Outage(f"worker {self.name}: control channel")
+        outage = _Outage(f"worker {self.name}: control channel", self._down)
         while True:
             try:
                 async for raw in self.broker.control_messages():

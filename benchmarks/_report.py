@@ -80,7 +80,7 @@ class Results:
             return "—"
         errs = self.errors.get(lib)
         # Short in the table (it has to fit a terminal); the full lines are listed below it.
-        return f"error: {errs[0][:40]}" if errs else "—"
+        return f"error: {errs[0].split(': ', 1)[-1][:40]}" if errs else "—"
 
     def ratio_cell(self, m: Metric) -> str:
         r, fallback = self.ratio(m)
@@ -179,14 +179,12 @@ def write_outputs(
     command: str,
     config: dict[str, Any],
     started: str,
-    interrupted: bool,
 ) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
     payload = {
         "started": started,
         "command": command,
-        "interrupted": interrupted,
         "config": config,
         "machine": machine,
         "results": res.to_json(),
@@ -197,7 +195,7 @@ def write_outputs(
     md = [
         "# aioqueue vs peers — benchmark results",
         "",
-        f"Run started {started}{' (INTERRUPTED: partial results)' if interrupted else ''}.",
+        f"Run started {started}.",
         "",
         f"Command: `{command}`",
         "",

@@ -317,10 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     for lib, errs in res.errors.items():
         for e in errs:
             console.print(f"[red]{lib}[/red] {e}", highlight=False)
-    json_path, md_path = write_outputs(
-        res, BENCH_DIR, machine, exact_command(), asdict(cfg), started, interrupted
-    )
-    console.print(f"wrote {json_path.relative_to(REPO_ROOT)} and {md_path.relative_to(REPO_ROOT)}")
+    if interrupted:
+        # Partial numbers are shown above but never replace a complete results file.
+        console.print("[yellow]interrupted: results.json/results.md left unchanged[/yellow]")
+    else:
+        paths = write_outputs(res, BENCH_DIR, machine, exact_command(), asdict(cfg), started)
+        console.print("wrote " + " and ".join(str(p.relative_to(REPO_ROOT)) for p in paths))
     if res.errors:
         console.print(f"[yellow]errors occurred; worker logs kept in {logdir}[/yellow]")
     else:

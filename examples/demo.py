@@ -50,6 +50,9 @@ HERE = Path(__file__).resolve().parent
 BATCH = int(os.environ.get("DEMO_BATCH", "200"))
 STARTUP_TIMEOUT_S = 20.0
 BATCH_TIMEOUT_S = 30.0
+#: Connections to the API. 20 keep the batch concurrent without making uvicorn (one process,
+#: pure-Python HTTP parsing) juggle hundreds of fresh connections: more is slower, not faster.
+HTTP_CONNECTIONS = 20
 console = Console(highlight=False)
 
 
@@ -140,12 +143,14 @@ async def call_add(client: httpx.AsyncClient) -> None:
     console.print(table)
 
 
-async def wait_report(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
+async def wait_report(client: httpx.AsyncClient, task_id: str,
+                      slots: asyncio.Semaphore) -> dict[str, Any]:
     """Poll GET /tasks/{id} with back-off until the task is done."""
     delay = 0.02
     deadline = time.monotonic() + BATCH_TIMEOUT_S
     while time.monotonic() < deadline:
-        response = await client.get(f"/tasks/{task_id}")
+        async with slots:
+            response = await client.get(f"/tasks/{task_id}")
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         if body["state"] == "SUCCESS":
@@ -166,12 +171,17 @@ async def run_batch(client: httpx.AsyncClient) -> None:
         enqueued = progress.add_task("enqueued", total=BATCH)
         completed = progress.add_task("completed", total=BATCH)
 
+        # All of them run at once; the semaphore only queues them for a free connection
+        # here, which is cheaper than thousands of waiters inside httpx's pool.
+        slots = asyncio.Semaphore(HTTP_CONNECTIONS)
+
         async def one(n: int) -> tuple[int, dict[str, Any]]:
-            response = await client.post(f"/reports/{n}")
+            async with slots:
+                response = await client.post(f"/reports/{n}")
             if response.status_code != 202:
                 raise DemoError(f"POST /reports/{n} answered {response.status_code}")
             progress.advance(enqueued)
-            body = await wait_report(client, response.json()["task_id"])
+            body = await wait_report(client, response.json()["task_id"], slots)
             progress.advance(completed)
             return n, body
 
@@ -199,9 +209,8 @@ async def run_batch(client: httpx.AsyncClient) -> None:
 
 
 async def drive_http(base_url: str) -> None:
-    # A pool of 20 keeps the 200 requests concurrent without making uvicorn (one process, pure
-    # Python HTTP parsing) juggle hundreds of fresh connections: more is slower here, not faster.
-    limits = httpx.Limits(max_connections=20, max_keepalive_connections=20)
+    limits = httpx.Limits(max_connections=HTTP_CONNECTIONS,
+                          max_keepalive_connections=HTTP_CONNECTIONS)
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30.0) as client:
         await call_add(client)
         await run_batch(client)
@@ -225,8 +234,8 @@ async def from_script(broker_url: str) -> None:
             raise DemoError(f"unexpected results from the script producer: {sums}, {note}")
         count = 5 * BATCH
         start = time.perf_counter()
-        handles = await tasks.fetch_report.delay_many([(n,) for n in range(count)])
-        reports = await asyncio.gather(*(h.get(timeout=30) for h in handles))
+        batch = await tasks.fetch_report.delay_many([(n,) for n in range(count)])
+        reports = await asyncio.gather(*(h.get(timeout=30) for h in batch))
         wall = time.perf_counter() - start
         if [r["report"] for r in reports] != list(range(count)):
             raise DemoError("delay_many reports came back with the wrong content")
@@ -250,7 +259,9 @@ def cli_call(env: dict[str, str]) -> None:
 
 # -- main -------------------------------------------------------------------------------------
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds through the clean-up below, as Ctrl-C does
+    # Handled as Ctrl-C: inside asyncio.run() that cancels the main task cleanly, outside it
+    # raises KeyboardInterrupt; either way the clean-up below stops every child.
+    signal.raise_signal(signal.SIGINT)
 
 
 @contextlib.contextmanager

@@ -5,10 +5,11 @@ environment so each test can tune it:
 
 * ``FAULT_REDIS_URL`` -- the broker (required);
 * ``FAULT_VT`` -- visibility_timeout (s), ``FAULT_SHUTDOWN_TIMEOUT`` -- shutdown_timeout (s),
-  ``FAULT_CONNECTION_TIMEOUT`` -- broker_connection_timeout (s).
+  ``FAULT_CONNECTION_TIMEOUT`` -- broker_connection_timeout (s), ``FAULT_MAX_DELIVERIES``.
 
 Tasks count their own executions in the Redis hash ``fault:runs`` (field = the key they were
-given) through a plain redis client: a test fixture may use redis directly.
+given), and log ``KEY PID`` to the list ``fault:log``, through a plain redis client: a test
+fixture may use redis directly.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from aioqueue import AioQueue
 
 URL = os.environ.get("FAULT_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUNS_KEY = "fault:runs"
+#: One "KEY PID" entry per execution, in order: which process ran what.
+LOG_KEY = "fault:log"
 
 app = AioQueue(
     "fault_app",
@@ -31,21 +34,25 @@ app = AioQueue(
     visibility_timeout=float(os.environ.get("FAULT_VT", "1.5")),
     shutdown_timeout=float(os.environ.get("FAULT_SHUTDOWN_TIMEOUT", "1.0")),
     broker_connection_timeout=float(os.environ.get("FAULT_CONNECTION_TIMEOUT", "2.0")),
+    max_deliveries=int(os.environ.get("FAULT_MAX_DELIVERIES", "5")),
     delayed_poll_interval=0.05,
 )
 
 _client: Any = None
 
 
-async def _count_run(key: str) -> None:
+async def _count_run(key: str) -> int:
     """HINCRBY fault:runs KEY 1, retrying while Redis is away (the restart test)."""
     global _client
     if _client is None:
         _client = aioredis.Redis.from_url(URL, socket_connect_timeout=1.0)
     for _ in range(300):
         try:
-            await _client.hincrby(RUNS_KEY, key, 1)
-            return
+            async with _client.pipeline(transaction=True) as pipe:
+                pipe.hincrby(RUNS_KEY, key, 1)
+                pipe.rpush(LOG_KEY, f"{key} {os.getpid()}")
+                count, _ = await pipe.execute()
+            return int(count)
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
             await asyncio.sleep(0.1)
     raise RuntimeError("could not record a run: Redis away for 30s")
@@ -56,6 +63,14 @@ async def record(key: str, seconds: float = 0.0) -> str:
     """Count this execution, then sleep ``seconds``; returns ``key``."""
     await _count_run(key)
     if seconds:
+        await asyncio.sleep(seconds)
+    return key
+
+
+@app.task(name="fault.first_slow")
+async def first_slow(key: str, seconds: float) -> str:
+    """Count this execution; the first one sleeps ``seconds``, any later one returns at once."""
+    if await _count_run(key) == 1:
         await asyncio.sleep(seconds)
     return key
 

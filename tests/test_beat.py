@@ -30,8 +30,9 @@ LEASE_TTL = 1.0
 TICK_S = 0.1
 
 
-def make_app(url: str, schedule: dict[str, dict[str, Any]] | None = None,
-             **settings: Any) -> AioQueue:
+def make_app(
+    url: str, schedule: dict[str, dict[str, Any]] | None = None, **settings: Any
+) -> AioQueue:
     settings.setdefault("beat_lease_ttl", LEASE_TTL)
     settings.setdefault("task_ignore_result", True)  # beat-only apps wait for no result
     return AioQueue("beatapp", broker=url, beat_schedule=schedule or {}, **settings)
@@ -123,11 +124,16 @@ async def test_interval_fires_once_per_tick(redis_url: str, probe: AioQueue) -> 
 async def test_memory_broker_and_failing_schedule_isolated(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    app = AioQueue("mem", broker="memory://", task_ignore_result=True, beat_lease_ttl=LEASE_TTL,
-                   beat_schedule={
-                       "good": {"task": "tasks.good", "schedule": 0.1},
-                       "bad": {"task": "tasks.bad", "schedule": 0.1},
-                   })
+    app = AioQueue(
+        "mem",
+        broker="memory://",
+        task_ignore_result=True,
+        beat_lease_ttl=LEASE_TTL,
+        beat_schedule={
+            "good": {"task": "tasks.good", "schedule": 0.1},
+            "bad": {"task": "tasks.bad", "schedule": 0.1},
+        },
+    )
     real_send = app.send_task
 
     async def send_task(name: str, *args: Any, **kwargs: Any) -> Any:
@@ -141,8 +147,7 @@ async def test_memory_broker_and_failing_schedule_isolated(
         async with running(beat):
             await wait_until(lambda: _ge(app, 3))
     failures = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert failures and all("schedule bad (tasks.bad) failed" in r.getMessage()
-                            for r in failures)
+    assert failures and all("schedule bad (tasks.bad) failed" in r.getMessage() for r in failures)
     assert beat.is_leader is False  # released on the way out
 
 
@@ -306,10 +311,14 @@ async def test_worker_with_beat_runs_decorated_periodic_task(redis_url: str) -> 
 
 
 def test_unknown_task_reported() -> None:
-    app = AioQueue("mem", broker="memory://", beat_schedule={
-        "known": {"task": "mem.known", "schedule": 10},
-        "typo": {"task": "mem.knwon", "schedule": 10},
-    })
+    app = AioQueue(
+        "mem",
+        broker="memory://",
+        beat_schedule={
+            "known": {"task": "mem.known", "schedule": 10},
+            "typo": {"task": "mem.knwon", "schedule": 10},
+        },
+    )
     app.task(name="mem.known")(lambda: None)
     assert Beat(app).unknown_tasks() == ["mem.knwon"]
 
@@ -320,8 +329,9 @@ async def test_unknown_task_logged_at_start(caplog: pytest.LogCaptureFixture) ->
     with caplog.at_level(logging.WARNING, logger="aioqueue.beat"):
         async with running(beat):
             await wait_until(lambda: beat.is_leader)
-    assert any("ping" in r.getMessage() and "elsewhere.job" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "ping" in r.getMessage() and "elsewhere.job" in r.getMessage() for r in caplog.records
+    )
 
 
 @pytest.mark.parametrize(
@@ -364,9 +374,14 @@ def test_same_name_declared_twice() -> None:
 
 def test_describe_crontab_in_shanghai() -> None:
     shanghai = ZoneInfo("Asia/Shanghai")
-    app = AioQueue("mem", broker="memory://", timezone="Asia/Shanghai", beat_schedule={
-        "report": {"task": "reports.send", "schedule": crontab(minute="0", hour="10,17")},
-    })
+    app = AioQueue(
+        "mem",
+        broker="memory://",
+        timezone="Asia/Shanghai",
+        beat_schedule={
+            "report": {"task": "reports.send", "schedule": crontab(minute="0", hour="10,17")},
+        },
+    )
     now = datetime(2026, 1, 1, 3, 0, tzinfo=UTC)  # 11:00 in Shanghai
     [(name, task, text, fires)] = describe(app, 3, now)
     assert (name, task) == ("report", "reports.send")

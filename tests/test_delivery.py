@@ -507,3 +507,27 @@ async def test_graceful_shutdown_hands_back_tasks_past_shutdown_timeout(redis_ur
     finally:
         await first.close()
         await second.close()
+
+
+# -- Redis unreachable ---------------------------------------------------------------------
+async def test_delay_raises_broker_connection_error_instead_of_hanging() -> None:
+    from aioqueue import BrokerConnectionError
+    from aioqueue.testing import free_port
+
+    port = free_port()  # nothing listens there
+    app = AioQueue("tests", broker=f"redis://:secret@127.0.0.1:{port}/0",
+                   broker_connection_timeout=0.5)
+
+    @app.task
+    async def nowhere() -> None:
+        return None
+
+    try:
+        start = time.monotonic()
+        with anyio.fail_after(5), pytest.raises(BrokerConnectionError) as caught:
+            await nowhere.delay()
+        assert time.monotonic() - start < 0.5 + 0.5
+        assert f"127.0.0.1:{port}" in str(caught.value)
+        assert "secret" not in str(caught.value)  # the URL is named without its password
+    finally:
+        await app.close()
