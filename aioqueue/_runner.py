@@ -7,6 +7,7 @@ worker keeps serving after any single bad message and nothing vanishes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import traceback
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._concurrency import run_in_thread
-from .broker import Delivery, Enqueue, Outcome
+from .broker import Broker, Delivery, Enqueue, Outcome
 from .errors import (
     DeadLettered,
     NotRegistered,
@@ -43,7 +44,7 @@ class Running:
     delivery: Delivery
     task_id: str | None = None
     started: float = 0.0
-    scope: anyio.CancelScope | None = None
+    task: asyncio.Task[None] | None = None
     #: Set before cancelling from outside: "revoked" or "shutdown".
     cancel_reason: str | None = None
 
@@ -51,8 +52,8 @@ class Running:
         """Cancel the running task, saying why."""
         if self.cancel_reason is None:
             self.cancel_reason = reason
-        if self.scope is not None:
-            self.scope.cancel()
+        if self.task is not None:
+            self.task.cancel()
 
 
 def _type_name(exc: BaseException) -> str:
@@ -64,10 +65,11 @@ class TaskRunner:
     """Turns deliveries into outcomes for one worker."""
 
     def __init__(
-        self, app: AioQueue, worker_name: str, thread_limiter: anyio.CapacityLimiter,
-        revoked: set[str],
+        self, app: AioQueue, broker: Broker, worker_name: str,
+        thread_limiter: anyio.CapacityLimiter, revoked: set[str],
     ) -> None:
         self.app = app
+        self.broker = broker
         self.worker_name = worker_name
         self.serializer = app.serializer
         self.thread_limiter = thread_limiter
@@ -194,8 +196,8 @@ class TaskRunner:
         if opts.track_started and not msg.ignore_result:
             started = ResultRecord(id=msg.id, state=State.STARTED, retries=msg.retries,
                                    task=msg.task, worker=self.worker_name)
-            await self.app.broker.set_result(msg.id, self.serializer.encode(started),
-                                             self.result_ttl_s)
+            await self.broker.set_result(msg.id, self.serializer.encode(started),
+                                         self.result_ttl_s)
         limit = msg.time_limit if msg.time_limit is not None else opts.time_limit
         request = Request(
             id=msg.id, task=msg.task, args=msg.args, kwargs=msg.kwargs, retries=msg.retries,
@@ -207,33 +209,36 @@ class TaskRunner:
         if self.log_info:
             log.info("Task %s[%s] received", msg.task, msg.id)
         start = time.perf_counter()
-        outcome: Outcome | None = None
-        scope = anyio.CancelScope()
-        running.scope = scope
-        if limit is not None:
-            scope.deadline = anyio.current_time() + limit
+        deadline: asyncio.Timeout | None = None
         try:
-            with scope:
-                args, kwargs = task.convert_args(msg.args, msg.kwargs)
-                if task.options.bind:
-                    args = (task, *args)
-                if task.is_async:
-                    value = await task.fn(*args, **kwargs)
-                else:
-                    value = await run_in_thread(task.fn, args, kwargs, self.thread_limiter)
-                outcome = self._outcome(delivery, msg, State.SUCCESS, result=value)
-                if self.log_info:
-                    log.info("Task %s[%s] succeeded in %.4fs: %.200r", msg.task, msg.id,
-                             time.perf_counter() - start, value)
+            args, kwargs = task.convert_args(msg.args, msg.kwargs)
+            if task.options.bind:
+                args = (task, *args)
+            if limit is None:
+                value = await self._call(task, args, kwargs)
+            else:
+                async with asyncio.timeout(limit) as deadline:
+                    value = await self._call(task, args, kwargs)
+            outcome = self._outcome(delivery, msg, State.SUCCESS, result=value)
+            if self.log_info:
+                log.info("Task %s[%s] succeeded in %.4fs: %.200r", msg.task, msg.id,
+                         time.perf_counter() - start, value)
+            return outcome
         except Retry as retry:
-            outcome = self._retry(delivery, msg, retry.when, retry.exc or retry)
+            return self._retry(delivery, msg, retry.when, retry.exc or retry)
+        except asyncio.CancelledError:
+            if running.cancel_reason is None:
+                raise  # not ours to handle: the worker itself is being cancelled
+            task_handle = asyncio.current_task()
+            if task_handle is not None:
+                task_handle.uncancel()
         except Exception as exc:
-            outcome = self._failed(delivery, msg, task, exc)
+            if not (isinstance(exc, TimeoutError) and deadline is not None
+                    and deadline.expired()):
+                return self._failed(delivery, msg, task, exc)
         finally:
             _current_request.reset(token)
-        if outcome is not None:
-            return outcome
-        # The scope was cancelled: by the time limit, a revoke, or shutdown.
+        # Cancelled: by the time limit, a revoke, or shutdown.
         reason = running.cancel_reason
         if reason == "shutdown":
             log.warning("Task %s[%s] interrupted by shutdown: handed back to the queue",
@@ -250,6 +255,12 @@ class TaskRunner:
         )
         log.error("%s", error)
         return self._outcome(delivery, msg, State.FAILURE, exc=error)
+
+    async def _call(self, task: Task[Any, Any], args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+        if task.is_async:
+            return await task.fn(*args, **kwargs)
+        return await run_in_thread(task.fn, args, kwargs, self.thread_limiter)
 
     def _failed(
         self, delivery: Delivery, msg: TaskMessage, task: Task[Any, Any], exc: Exception

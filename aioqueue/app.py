@@ -349,9 +349,8 @@ class AioQueue:
         return None if raw is None else self.serializer.decode_record(raw)
 
     async def _wait_for(self, task_id: str, timeout: float | None, *, fast: bool) -> ResultRecord:
-        # Fast handles are woken by the reply list; their poll is only a safety net.
-        poll, cap = (1.0, 5.0) if fast else (0.005, self.conf.result_poll_max_interval)
-        return await self.waiter.wait(task_id, timeout, poll, cap)
+        return await self.waiter.wait(task_id, timeout, fast=fast, poll_s=0.005,
+                                      poll_max_s=self.conf.result_poll_max_interval)
 
     async def revoke(self, task_id: str, terminate: bool = False) -> None:
         """Revoke a task by id: it will not run; with ``terminate`` a running one is cancelled.

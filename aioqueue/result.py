@@ -88,12 +88,16 @@ class ResultWaiter:
     CACHE_SIZE = 20_000
     #: The listener keeps draining this long after the last send or wait.
     LINGER_S = 30.0
+    #: How often waits older than this are checked against the stored records.
+    SWEEP_S = 1.0
 
     def __init__(self, broker: Broker, serializer: Serializer, reply_to: str) -> None:
         self.broker = broker
         self.serializer = serializer
         self.reply_to = reply_to
         self._futures: dict[str, list[asyncio.Future[ResultRecord]]] = {}
+        #: When the oldest wait on each id began (for the listener's safety sweep).
+        self._since: dict[str, float] = {}
         self._recent: OrderedDict[str, ResultRecord] = OrderedDict()
         self._listener: asyncio.Task[None] | None = None
         self._last_activity = 0.0
@@ -108,15 +112,35 @@ class ResultWaiter:
             self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     async def wait(
-        self, task_id: str, timeout_s: float | None, poll_s: float, poll_max_s: float,
+        self, task_id: str, timeout_s: float | None, *, fast: bool, poll_s: float,
+        poll_max_s: float,
     ) -> ResultRecord:
-        """The final record of ``task_id``; raises ``TimeoutError`` after ``timeout_s``."""
+        """The final record of ``task_id``; raises ``TimeoutError`` after ``timeout_s``.
+
+        ``fast`` handles (their reply comes to this process) just wait: the listener's
+        periodic sweep is their safety net. Others poll the stored record with back-off.
+        """
         recent = self._recent.get(task_id)
         if recent is not None:
             return recent
         future: asyncio.Future[ResultRecord] = asyncio.get_running_loop().create_future()
-        self._futures.setdefault(task_id, []).append(future)
+        waiting = self._futures.get(task_id)
+        if waiting is None:
+            self._futures[task_id] = [future]
+            self._since[task_id] = time.monotonic()
+        else:
+            waiting.append(future)
         self.expect()
+        if fast:
+            try:
+                if timeout_s is None:
+                    return await future
+                async with asyncio.timeout(timeout_s):
+                    return await future
+            except TimeoutError:
+                raise TimeoutError(f"task {task_id} not ready after {timeout_s}s") from None
+            finally:
+                self._forget_future(task_id, future)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             interval = poll_s
@@ -137,16 +161,21 @@ class ResultWaiter:
                         return record
                 interval = min(interval * 2, poll_max_s)
         finally:
-            waiting = self._futures.get(task_id)
-            if waiting is not None:
-                if future in waiting:
-                    waiting.remove(future)
-                if not waiting:
-                    del self._futures[task_id]
+            self._forget_future(task_id, future)
+
+    def _forget_future(self, task_id: str, future: asyncio.Future[ResultRecord]) -> None:
+        waiting = self._futures.get(task_id)
+        if waiting is not None:
+            if future in waiting:
+                waiting.remove(future)
+            if not waiting:
+                del self._futures[task_id]
+                self._since.pop(task_id, None)
 
     def resolve(self, record: ResultRecord) -> None:
         """Hand a final record to everyone waiting for it, and keep it for later waits."""
         waiting = self._futures.pop(record.id, None)
+        self._since.pop(record.id, None)
         if waiting:
             for future in waiting:
                 if not future.done():
@@ -159,14 +188,34 @@ class ResultWaiter:
         """Forget a cached record (the result was deleted)."""
         self._recent.pop(task_id, None)
 
+    async def _sweep(self) -> None:
+        """Read the stored records of long waits: the safety net for lost replies (a reply
+        list lost with a Redis restart, a handle that was not the one sending the task)."""
+        cutoff = time.monotonic() - self.SWEEP_S
+        stale = [task_id for task_id, since in self._since.items() if since < cutoff]
+        for start in range(0, len(stale), 500):
+            chunk = stale[start:start + 500]
+            for raw in await self.broker.get_results(chunk):
+                if raw is not None:
+                    record = self.serializer.decode_record(raw)
+                    if record.state in READY_STATES:
+                        self.resolve(record)
+        for task_id in stale:
+            if task_id in self._since:
+                self._since[task_id] = time.monotonic()
+
     async def _listen(self) -> None:
         outage = False
+        next_sweep = time.monotonic() + self.SWEEP_S
         try:
             while not self._closed and (
                 self._futures or time.monotonic() - self._last_activity < self.LINGER_S
             ):
                 try:
-                    replies = await self.broker.wait_replies(self.reply_to, 1.0)
+                    if time.monotonic() >= next_sweep:
+                        next_sweep = time.monotonic() + self.SWEEP_S
+                        await self._sweep()
+                    replies = await self.broker.wait_replies(self.reply_to, self.SWEEP_S)
                 except BrokerConnectionError as exc:
                     if not outage:
                         log.warning("result listener: %s; retrying", exc)

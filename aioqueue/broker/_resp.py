@@ -60,6 +60,9 @@ class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
         self.waiting: deque[asyncio.Future[Any]] = deque()
+        #: Commands not yet written; flushed once per loop iteration.
+        self.out: list[bytes] = []
+        self.flush_scheduled = False
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
         self.closed = asyncio.get_running_loop().create_future()
@@ -84,6 +87,14 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(RespError(str(reply)))
             else:
                 future.set_result(reply)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if not self.out or self.transport is None or self.lost is not None:
+            return
+        data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
+        self.out.clear()
+        self.transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = exc or ConnectionResetError("connection closed by the server")
@@ -116,9 +127,6 @@ class RespConnection:
         self._connect_timeout_s = connect_timeout_s
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
-        self._scripts: dict[str, str] = {}
 
     @property
     def connected(self) -> bool:
@@ -165,17 +173,7 @@ class RespConnection:
             raise
         self._connecting = None
         self._protocol = protocol
-        self._out.clear()
         return protocol
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        protocol = self._protocol
-        if not self._out or protocol is None or protocol.transport is None:
-            return
-        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-        self._out.clear()
-        protocol.transport.write(data)
 
     async def execute(self, *args: Any) -> Any:
         """Send one command and return its reply; raises ``RespError`` or ``ConnectionError``."""
@@ -184,12 +182,20 @@ class RespConnection:
             protocol = await self._ready()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        # The reply queue and the write buffer belong to one socket: a command and its
+        # future always travel together, even across a reconnect.
+        idle = not protocol.waiting
         protocol.waiting.append(future)
-        self._out.append(pack(args))
-        if not self._flush_scheduled:
-            # Everything sent during this loop iteration leaves in one write.
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
+        if idle and protocol.transport is not None:
+            # Nothing in flight: a lone caller (a plain ``await delay()`` loop) goes out at
+            # once rather than one loop iteration later.
+            protocol.transport.write(pack(args))
+        else:
+            protocol.out.append(pack(args))
+            if not protocol.flush_scheduled:
+                # Everything sent during this loop iteration leaves in one write.
+                protocol.flush_scheduled = True
+                loop.call_soon(protocol.flush)
         return await future
 
     async def evalsha(self, script: str, sha: str, keys: list[Any], args: list[Any]) -> Any:

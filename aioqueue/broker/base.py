@@ -131,6 +131,10 @@ class Broker(Protocol):
         """The stored result record, or None."""
         ...
 
+    async def get_results(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored records of many tasks (None where missing), in one round trip."""
+        ...
+
     async def set_result(self, task_id: str, record: bytes, ttl_s: float) -> None:
         """Store a result record."""
         ...

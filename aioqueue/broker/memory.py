@@ -188,6 +188,9 @@ class MemoryBroker:
             return None
         return record
 
+    async def get_results(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        return [await self.get_result(task_id) for task_id in task_ids]
+
     async def set_result(self, task_id: str, record: bytes, ttl_s: float) -> None:
         self._results[task_id] = (record, time.time() + ttl_s)
 

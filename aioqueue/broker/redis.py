@@ -13,8 +13,11 @@ send ``CLIENT UNBLOCK`` from another connection, which makes the server answer "
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import logging
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -25,18 +28,31 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.connection import parse_url
 
 from .._keys import CONSUMER_GROUP, Keys
 from .._lua import load as load_lua
 from ..errors import BrokerConnectionError, BrokerError
+from ._resp import RespConnection, RespError
 from .base import DeadLetter, Delivery, Enqueue, Outcome
 
 __all__ = ("RedisBroker", "redact_url")
 
+
+def _field(fields: list[bytes] | None, name: bytes) -> bytes:
+    """A field of a stream entry given as [name, value, ...] (empty if missing)."""
+    if fields:
+        for index in range(0, len(fields) - 1, 2):
+            if fields[index] == name:
+                return fields[index + 1]
+    return b""
+
 log = logging.getLogger("aioqueue.broker")
 T = TypeVar("T")
 
-_CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+_CONNECTION_ERRORS = (
+    redis_errors.ConnectionError, redis_errors.TimeoutError, ConnectionError, TimeoutError, OSError
+)
 #: Dead-letter streams are capped so a flood of poison messages cannot fill Redis.
 DEAD_LETTER_MAXLEN = 100_000
 _MOVE_BATCH = 1000
@@ -54,33 +70,51 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-class _BlockingChannel:
-    """One dedicated connection for a blocking command, which can be unblocked from outside."""
+def _resp_options(url: str, connect_timeout_s: float) -> dict[str, Any]:
+    """Connection settings for the lean hot-path connection, parsed as redis-py parses them."""
+    parsed = parse_url(url)
+    options: dict[str, Any] = {
+        "host": parsed.get("host", "localhost"),
+        "port": int(parsed.get("port", 6379)),
+        "path": parsed.get("path"),
+        "username": parsed.get("username"),
+        "password": parsed.get("password"),
+        "db": int(parsed.get("db", 0) or 0),
+        "connect_timeout_s": connect_timeout_s,
+    }
+    if url.lower().startswith("rediss://"):
+        options["ssl"] = ssl.create_default_context()
+    return options
 
-    def __init__(self, url: str, block_s: float) -> None:
-        # The socket timeout must outlast the longest BLOCK we ask the server for.
-        self.client: Any = aioredis.Redis.from_url(
-            url, single_connection_client=True, socket_timeout=block_s + 10.0
-        )
-        self._client_id: int | None = None
+
+class _Blocking:
+    """A dedicated connection for one blocking command, unblockable from another one."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.conn = RespConnection(**options)
+        self.client_id: int | None = None
         self.busy = False
 
-    async def prepare(self) -> None:
-        if self._client_id is None:
-            self._client_id = int(await self.client.client_id())
+    async def call(self, *args: Any) -> Any:
+        if self.client_id is None or not self.conn.connected:
+            self.client_id = await self.conn.client_id()
+        self.busy = True
+        try:
+            return await self.conn.execute(*args)
+        except BaseException:
+            self.client_id = None
+            raise
+        finally:
+            self.busy = False
 
-    def reset(self) -> None:
-        """Forget the connection id: after an error redis-py reconnects with a new one."""
-        self._client_id = None
-
-    async def unblock(self, control: Any) -> None:
-        if self.busy and self._client_id is not None:
+    async def unblock(self, via: RespConnection) -> None:
+        if self.busy and self.client_id is not None:
             # On failure the blocked read simply returns at its own timeout.
-            with contextlib.suppress(*_CONNECTION_ERRORS):
-                await control.client_unblock(self._client_id)
+            with contextlib.suppress(*_CONNECTION_ERRORS, RespError):
+                await via.execute("CLIENT", "UNBLOCK", self.client_id)
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.conn.close()
 
 
 class RedisBroker:
@@ -105,9 +139,15 @@ class RedisBroker:
         self._client: Any = aioredis.Redis.from_url(
             url, socket_connect_timeout=min(connect_timeout_s, 5.0)
         )
-        self._fetch = _BlockingChannel(url, max_block_s)
-        self._replies = _BlockingChannel(url, max_block_s)
-        self._move_due = self._client.register_script(load_lua("move_due"))
+        # The hot path (enqueue, fetch, settle, results) runs on lean connections: see _resp.py.
+        options = _resp_options(url, min(connect_timeout_s, 5.0))
+        self._hot = RespConnection(**options)
+        self._fetch = _Blocking(options)
+        self._replies = _Blocking(options)
+        self._settle_lua = load_lua("settle")
+        self._settle_sha = hashlib.sha1(self._settle_lua.encode()).hexdigest()
+        self._move_due_lua = load_lua("move_due")
+        self._move_due_sha = hashlib.sha1(self._move_due_lua.encode()).hexdigest()
         self._lease = self._client.register_script(load_lua("lease"))
         self._release = self._client.register_script(load_lua("release"))
         self._requeue_dead = self._client.register_script(load_lua("requeue_dead"))
@@ -132,7 +172,7 @@ class RedisBroker:
                     ) from exc
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-            except redis_errors.ResponseError as exc:
+            except (redis_errors.ResponseError, RespError) as exc:
                 if "NOGROUP" in str(exc):
                     # The stream vanished (Redis restarted without persistence, or FLUSHDB).
                     self._known_groups.clear()
@@ -147,34 +187,28 @@ class RedisBroker:
         await self.interrupt_replies()
         await self._fetch.close()
         await self._replies.close()
+        await self._hot.close()
         await self._client.aclose()
 
     # -- producing -------------------------------------------------------------------------
+    def _add_command(self, item: Enqueue) -> tuple[Any, ...]:
+        if item.due_at is None:
+            return ("XADD", self.keys.stream(item.queue), "*", "m", item.payload)
+        return ("ZADD", self.keys.delayed(item.queue), repr(item.due_at), item.payload)
+
     async def enqueue(self, items: Sequence[Enqueue]) -> None:
+        hot = self._hot
         if len(items) == 1:
-            item = items[0]
-            if item.due_at is None:
-                stream = self.keys.stream(item.queue)
-                await self._call(lambda: self._client.xadd(stream, {"m": item.payload}))
-            else:
-                delayed = self.keys.delayed(item.queue)
-                mapping = {item.payload: item.due_at}
-                await self._call(lambda: self._client.zadd(delayed, mapping))
+            command = self._add_command(items[0])
+            await self._call(lambda: hot.execute(*command))
             return
+        commands = [self._add_command(item) for item in items]
 
         async def run() -> None:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for item in items:
-                    self._add(pipe, item)
-                await pipe.execute()
+            # Issued together, they leave in one write and come back in one read.
+            await asyncio.gather(*(hot.execute(*c) for c in commands))
 
         await self._call(run)
-
-    def _add(self, pipe: Any, item: Enqueue) -> None:
-        if item.due_at is None:
-            pipe.xadd(self.keys.stream(item.queue), {"m": item.payload})
-        else:
-            pipe.zadd(self.keys.delayed(item.queue), {item.payload: item.due_at})
 
     # -- consuming -------------------------------------------------------------------------
     async def ensure_queues(self, queues: Sequence[str]) -> None:
@@ -197,23 +231,17 @@ class RedisBroker:
         self, queues: Sequence[str], consumer: str, count: int, timeout_s: float
     ) -> list[Delivery]:
         await self.ensure_queues(queues)
-        streams = {self.keys.stream(q): ">" for q in queues}
-        names = {self.keys.stream(q).encode(): q for q in queues}
-        block_ms = max(1, int(min(timeout_s, self._max_block_s) * 1000)) if timeout_s > 0 else None
-        channel = self._fetch
+        streams = [self.keys.stream(q) for q in queues]
+        names = {stream.encode(): q for stream, q in zip(streams, queues, strict=True)}
+        command: list[Any] = ["XREADGROUP", "GROUP", CONSUMER_GROUP, consumer, "COUNT", count]
+        if timeout_s > 0:
+            command += ["BLOCK", max(1, int(min(timeout_s, self._max_block_s) * 1000))]
+        command += ["STREAMS", *streams, *(">" for _ in streams)]
         try:
-            await channel.prepare()
-            channel.busy = True
-            try:
-                reply = await channel.client.xreadgroup(
-                    CONSUMER_GROUP, consumer, streams, count=count, block=block_ms
-                )
-            finally:
-                channel.busy = False
+            reply = await self._fetch.call(*command)
         except _CONNECTION_ERRORS as exc:
-            channel.reset()
             raise BrokerConnectionError(f"cannot reach Redis at {self.display_url}: {exc}") from exc
-        except redis_errors.ResponseError as exc:
+        except RespError as exc:
             if "NOGROUP" in str(exc):
                 self._known_groups.clear()
                 return []
@@ -224,12 +252,11 @@ class RedisBroker:
         for stream_name, entries in reply or ():
             queue = names[stream_name]
             for entry_id, fields in entries:
-                payload = fields.get(b"m", b"") if fields else b""
-                out.append(Delivery(queue, entry_id.decode(), payload))
+                out.append(Delivery(queue, entry_id.decode(), _field(fields, b"m")))
         return out
 
     async def interrupt_fetch(self) -> None:
-        await self._fetch.unblock(self._client)
+        await self._fetch.unblock(self._hot)
 
     async def reclaim(
         self, queues: Sequence[str], consumer: str, idle_s: float, count: int
@@ -271,56 +298,50 @@ class RedisBroker:
         await self._call(run)
 
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
-        # One MULTI/EXEC: the result is stored in the same atomic step as the ack, so a crash
+        # One Lua call: the results are stored in the same atomic step as the acks, so a crash
         # can never leave a message acknowledged without its result (or a retry unscheduled).
+        args: list[Any] = [CONSUMER_GROUP]
         acks: dict[str, list[str]] = defaultdict(list)
-        reply_ttls: dict[str, float] = {}
-        now = time.time()
-
-        async def run() -> None:
-            async with self._client.pipeline(transaction=True) as pipe:
-                for o in outcomes:
-                    if o.record is not None and o.task_id is not None:
-                        pipe.set(self.keys.result(o.task_id), o.record,
-                                 px=max(1, int(o.result_ttl_s * 1000)))
-                        if o.reply_to is not None:
-                            pipe.rpush(o.reply_to, o.record)
-                            reply_ttls[o.reply_to] = max(
-                                reply_ttls.get(o.reply_to, 0.0), o.result_ttl_s
-                            )
-                    if o.requeue is not None:
-                        self._add(pipe, o.requeue)
-                    d = o.delivery
-                    if d is not None:
-                        if o.dead_reason is not None:
-                            pipe.xadd(
-                                self.keys.dead(d.queue),
-                                {"m": d.payload, "reason": o.dead_reason,
-                                 "failed_at": repr(now), "origin": d.message_id},
-                                maxlen=DEAD_LETTER_MAXLEN,
-                            )
-                        acks[d.queue].append(d.message_id)
-                for key, ttl in reply_ttls.items():
-                    pipe.pexpire(key, max(1, int(ttl * 1000)))
-                for queue, ids in acks.items():
-                    stream = self.keys.stream(queue)
-                    pipe.xack(stream, CONSUMER_GROUP, *ids)
-                    pipe.xdel(stream, *ids)
-                await pipe.execute()
-
-        # Settling must not give up while the worker lives: the caller retries on error.
-        await self._call(run)
+        reply_ttls: dict[str, int] = {}
+        now = repr(time.time())
+        result_key = self.keys.result
+        for o in outcomes:
+            if o.record is not None and o.task_id is not None:
+                ttl_ms = max(1, int(o.result_ttl_s * 1000))
+                args += ("S", result_key(o.task_id), o.record, ttl_ms)
+                if o.reply_to is not None:
+                    args += ("P", o.reply_to, o.record)
+                    reply_ttls[o.reply_to] = max(reply_ttls.get(o.reply_to, 0), ttl_ms)
+            requeue = o.requeue
+            if requeue is not None:
+                if requeue.due_at is None:
+                    args += ("Q", self.keys.stream(requeue.queue), requeue.payload)
+                else:
+                    args += ("Z", self.keys.delayed(requeue.queue), requeue.payload,
+                             repr(requeue.due_at))
+            d = o.delivery
+            if d is not None:
+                if o.dead_reason is not None:
+                    args += ("L", self.keys.dead(d.queue), d.payload, o.dead_reason, now,
+                             d.message_id, DEAD_LETTER_MAXLEN)
+                acks[d.queue].append(d.message_id)
+        for key, ttl_ms in reply_ttls.items():
+            args += ("X", key, ttl_ms)
+        for queue, ids in acks.items():
+            args += ("A", self.keys.stream(queue), len(ids), *ids)
+        hot, lua, sha = self._hot, self._settle_lua, self._settle_sha
+        await self._call(lambda: hot.evalsha(lua, sha, [], args))
 
     async def move_due(self, queues: Sequence[str], now: float) -> int:
+        hot, lua, sha = self._hot, self._move_due_lua, self._move_due_sha
+
         async def run() -> int:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for q in queues:
-                    await self._move_due(
-                        keys=[self.keys.delayed(q), self.keys.stream(q)],
-                        args=[repr(now), _MOVE_BATCH],
-                        client=pipe,
-                    )
-                return sum(int(n) for n in await pipe.execute())
+            moved = await asyncio.gather(*(
+                hot.evalsha(lua, sha, [self.keys.delayed(q), self.keys.stream(q)],
+                            [repr(now), _MOVE_BATCH])
+                for q in queues
+            ))
+            return sum(int(n) for n in moved)
 
         return await self._call(run)
 
@@ -338,9 +359,17 @@ class RedisBroker:
 
     # -- results ---------------------------------------------------------------------------
     async def get_result(self, task_id: str) -> bytes | None:
-        key = self.keys.result(task_id)
-        value: bytes | None = await self._call(lambda: self._client.get(key))
+        key, hot = self.keys.result(task_id), self._hot
+        value: bytes | None = await self._call(lambda: hot.execute("GET", key))
         return value
+
+    async def get_results(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        keys = [self.keys.result(task_id) for task_id in task_ids]
+        if not keys:
+            return []
+        hot = self._hot
+        values: list[bytes | None] = await self._call(lambda: hot.execute("MGET", *keys))
+        return values
 
     async def set_result(self, task_id: str, record: bytes, ttl_s: float) -> None:
         key = self.keys.result(task_id)
@@ -351,20 +380,13 @@ class RedisBroker:
         await self._call(lambda: self._client.delete(key))
 
     async def wait_replies(self, reply_to: str, timeout_s: float) -> list[bytes]:
-        channel = self._replies
+        timeout = repr(max(0.001, min(timeout_s, self._max_block_s)))
         try:
-            await channel.prepare()
-            channel.busy = True
-            try:
-                reply = await channel.client.blmpop(
-                    min(timeout_s, self._max_block_s), 1, reply_to, direction="LEFT", count=1000
-                )
-            finally:
-                channel.busy = False
+            reply = await self._replies.call("BLMPOP", timeout, 1, reply_to, "LEFT",
+                                             "COUNT", 1000)
         except _CONNECTION_ERRORS as exc:
-            channel.reset()
             raise BrokerConnectionError(f"cannot reach Redis at {self.display_url}: {exc}") from exc
-        except redis_errors.ResponseError as exc:
+        except RespError as exc:
             if "UNBLOCKED" in str(exc):
                 return []
             raise BrokerError(f"Redis at {self.display_url} refused BLMPOP: {exc}") from exc
@@ -374,7 +396,7 @@ class RedisBroker:
         return list(values)
 
     async def interrupt_replies(self) -> None:
-        await self._replies.unblock(self._client)
+        await self._replies.unblock(self._hot)
 
     # -- control ---------------------------------------------------------------------------
     async def revoke(self, task_id: str, until: float, control: bytes) -> None:
