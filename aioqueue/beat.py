@@ -320,7 +320,9 @@ class Beat:
             self._owed[entry.name] = stamp
         log.info("Scheduler: sending due task %s (%s)", entry.name, entry.task)
         try:
-            await self.app.send_task(entry.task, entry.args, entry.kwargs, **entry.options)
+            # reply=False: beat never awaits, so results must not pile up in its reply list.
+            await self.app.send_task(entry.task, entry.args, entry.kwargs, reply=False,
+                                     **entry.options)
         except BrokerError:
             raise  # keep the claim in _owed: resend while this tick is the one due
         except Exception:

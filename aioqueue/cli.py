@@ -9,6 +9,7 @@ import os
 import platform
 import socket
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -62,6 +63,30 @@ def load_app(target: str) -> AioQueue:
     if not isinstance(obj, AioQueue):
         _fail(f"{target} is a {type(obj).__name__}, not an AioQueue")
     return obj
+
+
+def _first_error(exc: BaseException) -> BaseException | None:
+    """The error to report: the exception itself, or the first one inside a group."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_error(inner)
+            if found is not None:
+                return found
+        return None
+    return exc if isinstance(exc, AioQueueError | TimeoutError) else None
+
+
+def _run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main`` on uvloop; an aioqueue error (even inside a task group's exception
+    group) becomes one ``Error:`` line and exit code 1, not a traceback wall."""
+    try:
+        run_main(main)
+    except (AioQueueError, TimeoutError, BaseExceptionGroup) as exc:
+        reported = _first_error(exc)
+        if reported is None:
+            raise
+        typer.echo(f"Error: {reported or type(reported).__name__}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _setup_logging(level: str) -> None:
@@ -144,11 +169,7 @@ def worker(
         finally:
             await app.close()
 
-    try:
-        run_main(serve)
-    except AioQueueError as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    _run(serve)
 
 
 def _parse_arg(text: str) -> Any:
@@ -199,11 +220,7 @@ def call(
         finally:
             await app.close()
 
-    try:
-        run_main(run)
-    except (AioQueueError, TimeoutError) as exc:
-        typer.echo(f"Error: {exc or type(exc).__name__}", err=True)
-        raise typer.Exit(1) from None
+    _run(run)
 
 
 @cli.command()
@@ -228,7 +245,10 @@ def beat(
                 typer.echo(f"    next: {when.isoformat()}")
         return
     _setup_logging(loglevel)
-    scheduler = beat_module.Beat(app)
+    try:
+        scheduler = beat_module.Beat(app)
+    except AioQueueError as exc:
+        _fail(str(exc))
     for unknown in scheduler.unknown_tasks():
         typer.echo(f"warning: schedule names task {unknown!r}, which {target} does not "
                    "register", err=True)
@@ -254,11 +274,7 @@ def beat(
                 tg.cancel_scope.cancel()
                 await app.close()
 
-    try:
-        run_main(run)
-    except AioQueueError as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    _run(run)
 
 
 QueueOpt = Annotated[str | None, typer.Option("--queue", "-Q", help="Default: the app's.")]
@@ -286,11 +302,7 @@ def _run_dead(target: str, queue: str | None, action: str, limit: int = 100) -> 
         finally:
             await app.close()
 
-    try:
-        run_main(run)
-    except AioQueueError as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    _run(run)
 
 
 def _summarize(app: AioQueue, payload: bytes) -> str:
@@ -335,11 +347,7 @@ def status(target: TargetArg, queues: Annotated[list[str] | None,
         for name, (ready, delayed, dead) in sizes.items():
             typer.echo(f"{name}: ready={ready} delayed={delayed} dead={dead}")
 
-    try:
-        run_main(run)
-    except AioQueueError as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    _run(run)
 
 
 def main() -> None:

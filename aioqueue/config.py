@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigurationError
 
@@ -75,6 +76,10 @@ class Settings:
                 raise ConfigurationError(f"{name} must be positive, not {getattr(self, name)!r}")
         if self.result_expires_s <= 0:
             raise ConfigurationError(f"result_expires must be positive, not {self.result_expires}")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigurationError(f"timezone: unknown timezone {self.timezone!r}") from None
         if self.max_deliveries < 1:
             raise ConfigurationError(
                 f"max_deliveries must be at least 1, not {self.max_deliveries}"

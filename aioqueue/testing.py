@@ -69,12 +69,14 @@ class RedisServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+                code, self.process = self.process.returncode, None
+                raise RuntimeError(f"redis-server exited with {code}")
             try:
                 if self.command("PING") == b"+PONG":
                     return
             except OSError:
                 time.sleep(0.02)
+        self.stop(kill=True)  # do not leave a half-started server behind
         raise RuntimeError(f"redis-server on port {self.port} did not answer in {timeout_s}s")
 
     def command(self, *parts: str) -> bytes:

@@ -394,6 +394,9 @@ class Worker:
         # Only tasks that have run a while need it: a short task is acked long before.
         old = [r.delivery for r in self.running.values()
                if now - r.started >= self._heartbeat_every_s]
+        # Finished but not yet stored (the broker was away): still ours, keep them claimed
+        # so no other worker reruns them when the broker returns.
+        old += [o.delivery for o in self._outcomes if o.delivery is not None]
         if old:
             await self.broker.keep_claimed(self.name, old)
         self.revoked.update(await self.broker.revoked_ids(time.time()))

@@ -356,7 +356,11 @@ def test_invalid_schedule_names_it(entry: dict[str, Any], message: str) -> None:
 
 
 def test_unknown_timezone_names_it() -> None:
-    app = AioQueue("mem", broker="memory://", timezone="Mars/Olympus_Mons")
+    # Caught as early as possible: when the setting is made, not when beat starts.
+    with pytest.raises(ConfigurationError, match="timezone: unknown timezone 'Mars/Olympus_Mons'"):
+        AioQueue("mem", broker="memory://", timezone="Mars/Olympus_Mons")
+    app = AioQueue("mem", broker="memory://")
+    app.conf.timezone = "Mars/Olympus_Mons"  # set around validation: beat still refuses it
     with pytest.raises(ConfigurationError, match="Mars/Olympus_Mons"):
         Beat(app)
 

@@ -274,6 +274,8 @@ class MemoryBroker:
     async def claim_tick(self, name: str, tick: float, ttl_s: float) -> bool:
         key = f"{name}:{tick:.3f}"
         now = time.monotonic()
+        if len(self._ticks) > 10_000:  # expired claims would otherwise pile up forever
+            self._ticks = {k: until for k, until in self._ticks.items() if until > now}
         if self._ticks.get(key, 0.0) > now:
             return False
         self._ticks[key] = now + ttl_s

@@ -53,6 +53,8 @@ T = TypeVar("T")
 _CONNECTION_ERRORS = (
     redis_errors.ConnectionError, redis_errors.TimeoutError, ConnectionError, TimeoutError, OSError
 )
+#: Error replies that mean "not now" rather than "no" (redis-py retries these too).
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN")
 #: Dead-letter streams are capped so a flood of poison messages cannot fill Redis.
 DEAD_LETTER_MAXLEN = 100_000
 _MOVE_BATCH = 1000
@@ -164,13 +166,20 @@ class RedisBroker:
         delay = 0.05
         while True:
             try:
-                return await op()
+                try:
+                    return await op()
+                except RespError as exc:
+                    if str(exc).startswith(_TRANSIENT_REPLIES):
+                        # A restarting server: as good as unreachable for now, so wait.
+                        raise ConnectionError(str(exc)) from exc
+                    raise
             except _CONNECTION_ERRORS as exc:
-                if self._closed or time.monotonic() + delay > give_up_at:
+                remaining = give_up_at - time.monotonic()
+                if self._closed or remaining <= 0:
                     raise BrokerConnectionError(
                         f"cannot reach Redis at {self.display_url}: {exc}"
                     ) from exc
-                await anyio.sleep(delay)
+                await anyio.sleep(min(delay, remaining))
                 delay = min(delay * 2, 1.0)
             except (redis_errors.ResponseError, RespError) as exc:
                 if "NOGROUP" in str(exc):
@@ -204,11 +213,8 @@ class RedisBroker:
             return
         commands = [self._add_command(item) for item in items]
 
-        async def run() -> None:
-            # Issued together, they leave in one write and come back in one read.
-            await asyncio.gather(*(hot.execute(*c) for c in commands))
-
-        await self._call(run)
+        # One write out, one read back.
+        await self._call(lambda: hot.execute_many(commands))
 
     # -- consuming -------------------------------------------------------------------------
     async def ensure_queues(self, queues: Sequence[str]) -> None:
@@ -346,16 +352,17 @@ class RedisBroker:
         return await self._call(run)
 
     async def forget_consumer(self, queues: Sequence[str], consumer: str) -> None:
+        # Housekeeping on the way out: never hold a stopping worker for long.
         for q in queues:
             stream = self.keys.stream(q)
             pending = await self._call(partial(
                 self._client.xpending_range, stream, CONSUMER_GROUP, "-", "+", 1,
                 consumername=consumer,
-            ))
+            ), deadline_s=1.0)
             if not pending:
                 await self._call(partial(
                     self._client.xgroup_delconsumer, stream, CONSUMER_GROUP, consumer
-                ))
+                ), deadline_s=1.0)
 
     # -- results ---------------------------------------------------------------------------
     async def get_result(self, task_id: str) -> bytes | None:
@@ -434,9 +441,9 @@ class RedisBroker:
                 if message is not None and message.get("type") == "message":
                     yield bytes(message["data"])
         finally:
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(*_CONNECTION_ERRORS):
-                    await pubsub.aclose()
+            with (anyio.CancelScope(shield=True), anyio.move_on_after(1.0),
+                  contextlib.suppress(*_CONNECTION_ERRORS)):
+                await pubsub.aclose()
 
     async def queue_sizes(self, queues: Sequence[str]) -> dict[str, tuple[int, int, int]]:
         async def run() -> list[int]:
