@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck bench bench-short bench-env redis clean
+.PHONY: test demo lint typecheck bench bench-short bench-scaling bench-env redis clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench: bench-env
 
 bench-short: bench-env
 	.bench-venv/bin/python -m benchmarks.run --short
+
+bench-scaling: bench-env
+	.bench-venv/bin/python -m benchmarks.scaling
 
 clean:
 	rm -rf $(VENV) .bench-venv .mypy_cache .ruff_cache

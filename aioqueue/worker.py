@@ -282,11 +282,20 @@ class Worker:
         return all(ready == 0 and delayed == 0 for ready, delayed, _ in sizes.values())
 
     async def _run_one(self, running: Running) -> None:
+        delivery = running.delivery
         try:
             outcome = await self.runner.run(running)
+        except Exception:
+            # The runner turns every task error into an outcome, so this is ours (or the
+            # broker's, e.g. a STARTED write during an outage). Leave the message
+            # unacknowledged: it is redelivered after visibility_timeout, and a message that
+            # keeps failing this way ends in dead letters after max_deliveries.
+            log.exception("worker %s: message %s left for redelivery after an internal error",
+                          self.name, delivery.message_id)
+            self._release(running)
+            return
         except BaseException:
-            # Cancelled from outside the task's own scope: hand the message back.
-            delivery = running.delivery
+            # Cancelled from outside the task's own handling: hand the message back.
             self._add_outcome(Outcome(delivery=delivery,
                                       requeue=Enqueue(delivery.queue, delivery.payload)))
             self._release(running)

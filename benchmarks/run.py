@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import uvloop
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -305,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
             bench = Bench(cfg, server, logdir, progress)
             res = bench.res
             try:
-                asyncio.run(bench.run())
+                # The driver (every library's producer side) runs on uvloop, as a production
+                # asyncio service would; the same loop for every library keeps it fair.
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                    runner.run(bench.run())
             except KeyboardInterrupt:
                 interrupted = True
         machine = machine_info(server.version())

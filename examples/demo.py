@@ -257,6 +257,38 @@ def cli_call(env: dict[str, str]) -> None:
         raise DemoError(f"aioqueue call exited {done.returncode}: {output} {done.stderr}")
 
 
+def periodic(env: dict[str, str], logdir: Path, stack: contextlib.ExitStack) -> None:
+    """Two workers that both run beat: one leads, and each tick is sent once."""
+    console.rule("[bold]5. Periodic tasks: two workers with --beat (examples/beat_app.py)")
+    listed = subprocess.run([sys.executable, "-m", "aioqueue", "beat", "beat_app:app", "--list"],
+                            cwd=HERE, env=env, capture_output=True, text=True, timeout=30,
+                            check=False)
+    console.print(Text(listed.stdout.strip()))
+    if listed.returncode != 0:
+        raise DemoError(f"aioqueue beat --list exited {listed.returncode}: {listed.stderr}")
+    logs = [logdir / f"beat-worker-{i}.log" for i in (1, 2)]
+    workers = [
+        spawn(f"beat worker {i}", [sys.executable, "-m", "aioqueue", "worker", "beat_app:app",
+                                   "--beat", "-l", "info"], env,
+              stack.enter_context(log.open("wb")), stack)
+        for i, log in enumerate(logs, 1)
+    ]
+    for worker, log in zip(workers, logs, strict=True):
+        wait_for_log(worker, log, "consuming", "a beat worker")
+    # Count the greetings the every-second schedule makes both workers run between them.
+    deadline = time.monotonic() + 15
+    greetings = 0
+    while time.monotonic() < deadline and greetings < 4:
+        greetings = sum(log.read_text(errors="replace").count("hello, world") for log in logs)
+        time.sleep(0.1)
+    sent = sum(log.read_text(errors="replace").count("sending due task") for log in logs)
+    for i, worker in enumerate(workers, 1):
+        stop(f"beat worker {i}", worker)
+    console.print(f"{greetings} greetings run, {sent} ticks sent by the leader, from two beats")
+    if greetings < 4:
+        raise DemoError("the every-second schedule did not fire 4 times in 15 s")
+
+
 # -- main -------------------------------------------------------------------------------------
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     # Handled as Ctrl-C: inside asyncio.run() that cancels the main task cleanly, outside it
@@ -303,8 +335,9 @@ def run(logdir: Path) -> None:
         asyncio.run(drive_http(base_url))
         asyncio.run(from_script(redis.url))
         cli_call(env)
+        periodic(env, logdir, stack)
 
-        console.rule("[bold]5. Stopping (SIGTERM: graceful)")
+        console.rule("[bold]6. Stopping (SIGTERM: graceful)")
         api_code = stop("api", api)
         worker_code = stop("worker", worker)
         # uvicorn re-raises the SIGTERM it handled once it has shut down cleanly.

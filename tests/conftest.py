@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from aioqueue import AioQueue
 
@@ -30,3 +32,11 @@ async def memory_app() -> AsyncIterator[AioQueue]:
     application = AioQueue("tests", broker="memory://", delayed_poll_interval=0.02)
     yield application
     await application.close()
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[Any]:
+    """A plain redis client, to write straight into the streams as an attacker or bug would."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()

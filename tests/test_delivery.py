@@ -10,14 +10,12 @@ import pickle
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
 import pytest
-import redis.asyncio as aioredis
 
 from aioqueue import AioQueue, State, TaskRevoked
 from aioqueue.errors import DeadLettered, NotRegistered, TimeLimitExceeded
@@ -26,14 +24,6 @@ from aioqueue.message import TaskMessage, get_serializer
 TESTS_DIR = Path(__file__).parent
 STREAM = "aioqueue:{default}:stream"
 DEAD = "aioqueue:{default}:dead"
-
-
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[Any]:
-    """A plain redis client, to write straight into the streams as an attacker or bug would."""
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 def make_app(redis_url: str, **settings: Any) -> AioQueue:

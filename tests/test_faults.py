@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +87,6 @@ def workers(tmp_path: Path, redis_url: str) -> Iterator[CliWorkers]:
         yield group
     finally:
         group.close()
-
-
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[Any]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 def producer_app(url: str, **settings: Any) -> AioQueue:

@@ -209,7 +209,11 @@ class RedisBroker:
         hot = self._hot
         if len(items) == 1:
             command = self._add_command(items[0])
-            await self._call(lambda: hot.execute(*command))
+            try:
+                # The common case straight through; the retrying wrapper only on trouble.
+                await hot.execute(*command)
+            except (*_CONNECTION_ERRORS, RespError):
+                await self._call(lambda: hot.execute(*command))
             return
         commands = [self._add_command(item) for item in items]
 
