@@ -27,6 +27,9 @@ app = AioQueue(
     broker=os.environ.get("AIOQUEUE_BROKER", "redis://localhost:6379/0"),
     # crontab fields are wall-clock time in this zone; intervals do not depend on it.
     timezone="Asia/Shanghai",
+    # Its own queue, so that workers of other apps on the same Redis (like the demo's
+    # examples/tasks.py worker) never receive tasks they do not know.
+    task_default_queue="beat_demo",
 )
 
 

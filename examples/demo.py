@@ -348,6 +348,9 @@ def run(logdir: Path) -> None:
             console.print(Text(shorten_log_line(line)), overflow="ellipsis", no_wrap=True)
         if worker_code != 0:
             raise DemoError(f"the worker exited with {worker_code} after SIGTERM")
+        errors = [line for line in tail(worker_log, 10_000) if " ERROR/" in line]
+        if errors:
+            raise DemoError("the worker logged errors:\n" + "\n".join(errors[:5]))
     console.rule(f"[bold green]demo finished in {time.perf_counter() - started:.1f}s")
 
 
