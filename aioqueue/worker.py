@@ -170,9 +170,9 @@ class Worker:
             from .beat import Beat
 
             scheduler = Beat(self.app)  # here, so a bad schedule fails start-up plainly
-        await self.broker.connect()
-        await self.broker.ensure_queues(self.queues)
-        self.revoked.update(await self.broker.revoked_ids(time.time()))
+        if not await self._prepare():
+            log.warning("worker %s stopped before it could reach the broker", self.name)
+            return
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._flusher)
@@ -196,6 +196,23 @@ class Worker:
             self._stopped.set()
             log.info("worker %s stopped after %d tasks", self.name, self.processed)
 
+    async def _prepare(self) -> bool:
+        """Connect and set up; False if stopped meanwhile (a SIGTERM while Redis is away
+        must not wait for the whole connection timeout)."""
+        log.info("worker %s connecting to %s", self.name, self.broker.display_url)
+        async with anyio.create_task_group() as tg:
+
+            async def stop_waiting() -> None:
+                await self._stop_requested.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stop_waiting)
+            await self.broker.connect()
+            await self.broker.ensure_queues(self.queues)
+            self.revoked.update(await self.broker.revoked_ids(time.time()))
+            tg.cancel_scope.cancel()
+        return not self._stopping
+
     async def _hand_back_running(self) -> None:
         """If the worker itself was cancelled, its tasks (not children of its task group, see
         _fetch_loop) are cancelled here and hand their messages back before it exits."""
@@ -211,8 +228,9 @@ class Worker:
         second signal stops at once (running tasks are handed back, nothing is lost)."""
         async with anyio.create_task_group() as tg:
 
-            async def on_signals() -> None:
+            async def on_signals(*, task_status: anyio.abc.TaskStatus[None]) -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    task_status.started()
                     async for signum in signals:
                         if self._hard_stop:
                             # Cold shutdown: unsettled messages are redelivered after
@@ -227,7 +245,7 @@ class Worker:
                                         signal.Signals(signum).name)
                             self.stop()
 
-            tg.start_soon(on_signals)
+            await tg.start(on_signals)  # handlers in place before anything can block
             await self.run()
             tg.cancel_scope.cancel()
 

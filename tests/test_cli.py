@@ -206,6 +206,29 @@ def test_unreachable_redis_is_a_clear_error(project: tuple[Path, dict[str, str]]
     assert "hunter2" not in result.stderr + result.stdout
 
 
+def test_sigterm_while_redis_is_unreachable_stops_at_once(
+    project: tuple[Path, dict[str, str]]
+) -> None:
+    cwd, env = project
+    from aioqueue.testing import free_port
+
+    # A long connection timeout: the stop must not wait for it.
+    env = {**env, "CLI_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+           "CLI_CONNECT_TIMEOUT": "60"}
+    worker = start_worker(cwd, env, "-l", "info")
+    assert worker.stderr is not None
+    log = LineReader(worker.stderr)
+    try:
+        log.wait_for("connecting to")
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=15) == 0
+        assert time.monotonic() - started < 5
+        log.wait_for("stopped before it could reach the broker")
+    finally:
+        reap(worker, log)
+
+
 def test_processes_supervisor_restarts_a_killed_child(
     project: tuple[Path, dict[str, str]]
 ) -> None:
