@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import os
 
-from aioqueue import AioQueue
-from aioqueue.schedules import crontab
+from aioqueue import AioQueue, crontab
 
 app = AioQueue(
     "beat_demo",
