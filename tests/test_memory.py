@@ -84,3 +84,29 @@ async def test_reclaim_after_visibility_timeout(memory_app: AioQueue) -> None:
     assert await broker.reclaim(["default"], "live", idle_s=10.0, count=10) == []
     again = await broker.reclaim(["default"], "live", idle_s=0.0, count=10)
     assert [(d.payload, d.deliveries) for d in again] == [(b"payload", 2)]
+
+
+async def test_time_limit_and_terminate(memory_app: AioQueue) -> None:
+    from aioqueue import TimeLimitExceeded
+
+    inside = anyio.Event()
+
+    @memory_app.task(time_limit=0.05)
+    async def too_slow() -> None:
+        await anyio.sleep(10)
+
+    @memory_app.task
+    async def forever() -> None:
+        inside.set()
+        await anyio.sleep(10)
+
+    async with memory_app.worker(concurrency=4):
+        with anyio.fail_after(5):
+            with pytest.raises(TimeLimitExceeded):
+                await (await too_slow.delay())
+            handle = await forever.delay()
+            await inside.wait()
+            await handle.revoke(terminate=True)
+            with pytest.raises(TaskRevoked):
+                await handle
+    assert (await handle.info()).worker is not None  # recorded by the worker that ran it
