@@ -54,11 +54,12 @@ class _Outage:
     away and one when it is back: per worker, not per loop nor per retry (the loops of a
     worker share ``down``, which holds ``"since"`` while the outage is reported)."""
 
-    def __init__(self, what: str, down: dict[str, float]) -> None:
+    def __init__(self, what: str, down: dict[str, float], max_delay_s: float = 2.0) -> None:
         self.what = what
         self.down = down
         self.failing = False
         self.delay = 0.05
+        self.max_delay_s = max_delay_s
 
     def failed(self, exc: Exception) -> float:
         if not self.failing:
@@ -67,7 +68,7 @@ class _Outage:
                 self.down["since"] = time.monotonic()
                 log.warning("%s: %s; retrying with back-off", self.what, exc)
         delay = self.delay
-        self.delay = min(self.delay * 2, 2.0)
+        self.delay = min(self.delay * 2, self.max_delay_s)
         return delay
 
     def ok(self) -> None:
@@ -78,6 +79,7 @@ class _Outage:
         # only calls ok() when a message arrives, so it must not be the only one who can).
         since = self.down.pop("since", None)
         if since is not None:
+            self.down["recovered"] = time.monotonic()
             log.warning("%s: broker reachable again after %.1fs", self.what,
                         time.monotonic() - since)
 
@@ -270,7 +272,7 @@ class Worker:
             got: list[Delivery] = []
             try:
                 now = time.monotonic()
-                if now >= next_reclaim:
+                if now >= next_reclaim and not self._just_recovered(now):
                     next_reclaim = now + self._reclaim_every_s
                     got = await self.broker.reclaim(self.queues, self.name,
                                                     self.app.conf.visibility_timeout, free)
@@ -293,6 +295,13 @@ class Worker:
                 running.task = create_task(self._run_one(running))
             if self.burst and not got and not self.running and await self._drained():
                 return
+
+    def _just_recovered(self, now: float) -> bool:
+        """True shortly after a broker outage. Every message then looks idle for longer than
+        the visibility timeout, its owner included; reclaiming at once would rerun the tasks
+        of live workers. Waiting for one heartbeat lets each owner re-claim its own first."""
+        recovered = self._down.get("recovered")
+        return recovered is not None and now - recovered < self._heartbeat_every_s * 1.5
 
     async def _drained(self) -> bool:
         await self._wait_settled()
@@ -338,7 +347,8 @@ class Worker:
         self._outcome_added.set()
 
     async def _flusher(self) -> None:
-        outage = _Outage(f"worker {self.name}: settle", self._down)
+        # Short back-off: once the broker is back, stored results beat any reclaimer.
+        outage = _Outage(f"worker {self.name}: settle", self._down, max_delay_s=0.25)
         while True:
             if not self._outcomes:
                 self._outcome_added = anyio.Event()
@@ -401,26 +411,28 @@ class Worker:
             await self._stop_requested.wait()
 
     async def _maintenance(self) -> None:
-        outage = _Outage(f"worker {self.name}: maintenance", self._down)
+        outage = _Outage(f"worker {self.name}: maintenance", self._down, max_delay_s=0.5)
         interval = self.app.conf.delayed_poll_interval
         next_heartbeat = time.monotonic() + self._heartbeat_every_s
         while True:
             try:
                 await self.broker.move_due(self.queues, time.time())
                 now = time.monotonic()
-                if now >= next_heartbeat:
+                if now >= next_heartbeat or outage.failing:
+                    # Right after an outage too: re-claim what we hold before others reclaim.
                     next_heartbeat = now + self._heartbeat_every_s
-                    await self._heartbeat(now)
+                    await self._heartbeat(now, everything=outage.failing)
                 outage.ok()
             except (BrokerConnectionError, BrokerError) as exc:
                 await anyio.sleep(outage.failed(exc))
                 continue
             await anyio.sleep(interval)
 
-    async def _heartbeat(self, now: float) -> None:
-        # Only tasks that have run a while need it: a short task is acked long before.
+    async def _heartbeat(self, now: float, *, everything: bool = False) -> None:
+        # Only tasks that have run a while need it: a short task is acked long before. After
+        # an outage every held message has looked idle for the outage's length: claim all.
         old = [r.delivery for r in self.running.values()
-               if now - r.started >= self._heartbeat_every_s]
+               if everything or now - r.started >= self._heartbeat_every_s]
         # Finished but not yet stored (the broker was away): still ours, keep them claimed
         # so no other worker reruns them when the broker returns.
         old += [o.delivery for o in self._outcomes if o.delivery is not None]
