@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,14 @@ def workers(tmp_path: Path, redis_url: str) -> Iterator[CliWorkers]:
         group.close()
 
 
+@pytest.fixture
+async def producer(redis_url: str) -> AsyncIterator[AioQueue]:
+    """A producer app on the test Redis, closed after the test."""
+    app = producer_app(redis_url)
+    yield app
+    await app.close()
+
+
 def producer_app(url: str, **settings: Any) -> AioQueue:
     """The producing side: stubs under the worker's task names (they never run here)."""
     app = AioQueue("producer", broker=url, **settings)
@@ -137,109 +145,103 @@ async def wait_ready(group: CliWorkers, name: str, timeout: float = 10.0) -> Non
 
 # -- 1. SIGKILL ----------------------------------------------------------------------------
 async def test_sigkill_workers_at_random_loses_nothing(
-    workers: CliWorkers, redis_url: str, raw: Any
+    workers: CliWorkers, producer: AioQueue, raw: Any
 ) -> None:
     total = 2000
     # A kill a second is far harsher than max_deliveries=5 is meant for: with the default, a
     # batch of long tasks can land on a worker that dies five times in a row, and is then
     # dead-lettered as poison (FAILURE DeadLettered, by design). Here we count losses.
     env = {"FAULT_VT": "1.5", "FAULT_MAX_DELIVERIES": "50"}
-    app = producer_app(redis_url)
+    app = producer
     rng = random.Random(1234)
     kills = 0
     killed_pids: set[int] = set()
     names = [f"w{i}" for i in range(3)]
-    try:
-        for name in names:
-            workers.start(name, **env)
-        handles: list[AsyncResult[Any]] = []
-        for start in range(0, total, 500):
-            handles += await app.tasks["fault.record"].delay_many(
-                [(f"k{i}", rng.uniform(0.05, 0.8)) for i in range(start, start + 500)]
-            )
+    for name in names:
+        workers.start(name, **env)
+    handles: list[AsyncResult[Any]] = []
+    for start in range(0, total, 500):
+        handles += await app.tasks["fault.record"].delay_many(
+            [(f"k{i}", rng.uniform(0.05, 0.8)) for i in range(start, start + 500)]
+        )
 
-        async def killer() -> None:
-            nonlocal kills
-            serial = 3
-            while True:
-                await anyio.sleep(1.0)
-                victim = rng.choice(sorted(workers.procs))
-                killed_pids.add(workers.procs[victim].pid)
-                workers.kill(victim)
-                kills += 1
-                new = f"w{serial}"
-                serial += 1
-                workers.start(new, **env)
+    async def killer() -> None:
+        nonlocal kills
+        serial = 3
+        while True:
+            await anyio.sleep(1.0)
+            victim = rng.choice(sorted(workers.procs))
+            killed_pids.add(workers.procs[victim].pid)
+            workers.kill(victim)
+            kills += 1
+            new = f"w{serial}"
+            serial += 1
+            workers.start(new, **env)
 
-        began = time.monotonic()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(killer)
-            done = await collect(handles, timeout=60)
-            tg.cancel_scope.cancel()
-        elapsed = time.monotonic() - began
-        runs = await run_counts(raw)
-        completed = sum(1 for i, h in enumerate(handles) if done.get(h.id) == f"k{i}")
-        dead_lettered = sum(isinstance(v, DeadLettered) for v in done.values())
-        states = await asyncio.gather(*(h.state() for h in handles))
-        success = sum(s is State.SUCCESS for s in states)
-        duplicates = sum(n - 1 for n in runs.values() if n > 1)
-        never_ran = sum(1 for i in range(total) if runs.get(f"k{i}", 0) == 0)
-        lost = total - completed - dead_lettered
-        # Every execution but the last of a task must have been on a worker we killed: a
-        # rerun after a live worker's run would mean its claim was lost.
-        ran_on: dict[str, list[int]] = {}
-        for entry in await raw.lrange("fault:log", 0, -1):
-            key, pid = entry.decode().split()
-            ran_on.setdefault(key, []).append(int(pid))
-        rerun_after_live = sum(pid not in killed_pids
-                               for pids in ran_on.values() for pid in pids[:-1])
-        print(f"\n[sigkill] sent={total} completed={completed} success_records={success} "
-              f"dead_lettered={dead_lettered} lost={lost} "
-              f"run_twice_or_more={sum(n > 1 for n in runs.values())} "
-              f"duplicate_executions={duplicates} (after a live worker's run: "
-              f"{rerun_after_live}) never_ran={never_ran} kills={kills} elapsed={elapsed:.1f}s")
-        for i, h in enumerate(handles):
-            if done.get(h.id) != f"k{i}":
-                print(f"  not completed: k{i} runs={runs.get(f'k{i}', 0)} -> {done.get(h.id)!r}")
-        assert lost == 0 and dead_lettered == 0
-        assert success == total and never_ran == 0
-        assert rerun_after_live == 0
-        sizes = (await app.broker.queue_sizes(["default"]))["default"]
-        assert sizes == (0, 0, 0), sizes
-        assert kills >= 3
-    finally:
-        await app.close()
+    began = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(killer)
+        done = await collect(handles, timeout=60)
+        tg.cancel_scope.cancel()
+    elapsed = time.monotonic() - began
+    runs = await run_counts(raw)
+    completed = sum(1 for i, h in enumerate(handles) if done.get(h.id) == f"k{i}")
+    dead_lettered = sum(isinstance(v, DeadLettered) for v in done.values())
+    states = await asyncio.gather(*(h.state() for h in handles))
+    success = sum(s is State.SUCCESS for s in states)
+    duplicates = sum(n - 1 for n in runs.values() if n > 1)
+    never_ran = sum(1 for i in range(total) if runs.get(f"k{i}", 0) == 0)
+    lost = total - completed - dead_lettered
+    # Every execution but the last of a task must have been on a worker we killed: a
+    # rerun after a live worker's run would mean its claim was lost.
+    ran_on: dict[str, list[int]] = {}
+    for entry in await raw.lrange("fault:log", 0, -1):
+        key, pid = entry.decode().split()
+        ran_on.setdefault(key, []).append(int(pid))
+    rerun_after_live = sum(pid not in killed_pids
+                           for pids in ran_on.values() for pid in pids[:-1])
+    print(f"\n[sigkill] sent={total} completed={completed} success_records={success} "
+          f"dead_lettered={dead_lettered} lost={lost} "
+          f"run_twice_or_more={sum(n > 1 for n in runs.values())} "
+          f"duplicate_executions={duplicates} (after a live worker's run: "
+          f"{rerun_after_live}) never_ran={never_ran} kills={kills} elapsed={elapsed:.1f}s")
+    for i, h in enumerate(handles):
+        if done.get(h.id) != f"k{i}":
+            print(f"  not completed: k{i} runs={runs.get(f'k{i}', 0)} -> {done.get(h.id)!r}")
+    assert lost == 0 and dead_lettered == 0
+    assert success == total and never_ran == 0
+    assert rerun_after_live == 0
+    sizes = (await app.broker.queue_sizes(["default"]))["default"]
+    assert sizes == (0, 0, 0), sizes
+    assert kills >= 3
 
 
 # -- 2. a long task on a live worker -------------------------------------------------------
 async def test_task_longer_than_visibility_timeout_runs_once(
-    workers: CliWorkers, redis_url: str, raw: Any
+    workers: CliWorkers, producer: AioQueue, raw: Any
 ) -> None:
-    app = producer_app(redis_url)
-    try:
-        workers.start("busy", FAULT_VT="1.0")
-        await wait_ready(workers, "busy")
-        workers.start("idle", FAULT_VT="1.0")
-        await wait_ready(workers, "idle")
-        record = app.tasks["fault.record"]
-        handles = [await record.delay(f"long{i}", 3.5) for i in range(3)]
-        max_delivered = 0
-        began = time.monotonic()
-        with anyio.fail_after(15):
-            while not all([await h.ready() for h in handles]):
-                for entry in await raw.xpending_range(STREAM, "aioqueue", "-", "+", 10):
-                    max_delivered = max(max_delivered, int(entry["times_delivered"]))
-                await anyio.sleep(0.1)
-            values = [await h for h in handles]
-        runs = await run_counts(raw)
-        print(f"\n[long task] tasks=3 duration=3.5s visibility_timeout=1.0s runs={runs} "
-              f"max_times_delivered={max_delivered} elapsed={time.monotonic() - began:.1f}s")
-        assert values == ["long0", "long1", "long2"]
-        assert runs == {"long0": 1, "long1": 1, "long2": 1}
-        assert max_delivered == 1
-        assert workers.procs["busy"].poll() is None and workers.procs["idle"].poll() is None
-    finally:
-        await app.close()
+    app = producer
+    workers.start("busy", FAULT_VT="1.0")
+    await wait_ready(workers, "busy")
+    workers.start("idle", FAULT_VT="1.0")
+    await wait_ready(workers, "idle")
+    record = app.tasks["fault.record"]
+    handles = [await record.delay(f"long{i}", 3.5) for i in range(3)]
+    max_delivered = 0
+    began = time.monotonic()
+    with anyio.fail_after(15):
+        while not all([await h.ready() for h in handles]):
+            for entry in await raw.xpending_range(STREAM, "aioqueue", "-", "+", 10):
+                max_delivered = max(max_delivered, int(entry["times_delivered"]))
+            await anyio.sleep(0.1)
+        values = [await h for h in handles]
+    runs = await run_counts(raw)
+    print(f"\n[long task] tasks=3 duration=3.5s visibility_timeout=1.0s runs={runs} "
+          f"max_times_delivered={max_delivered} elapsed={time.monotonic() - began:.1f}s")
+    assert values == ["long0", "long1", "long2"]
+    assert runs == {"long0": 1, "long1": 1, "long2": 1}
+    assert max_delivered == 1
+    assert workers.procs["busy"].poll() is None and workers.procs["idle"].poll() is None
 
 
 # -- 3. Redis restarted --------------------------------------------------------------------
@@ -318,94 +320,88 @@ async def test_redis_restart_while_producing_and_consuming(tmp_path: Path) -> No
 
 # -- 4. garbage on the wire ----------------------------------------------------------------
 async def test_garbage_on_the_wire_against_a_cli_worker(
-    workers: CliWorkers, redis_url: str, raw: Any
+    workers: CliWorkers, producer: AioQueue, raw: Any
 ) -> None:
-    app = producer_app(redis_url)
-    try:
-        workers.start("g1")
-        await wait_ready(workers, "g1")
-        unknown = msgspec.msgpack.encode(TaskMessage(id="ghost-id", task="fault.missing"))
-        for payload in (b"\xc1\x00 not msgpack", unknown, random.Random(7).randbytes(64)):
-            await raw.xadd(STREAM, {"m": payload})
-        with anyio.fail_after(10):
-            handle = await app.tasks["fault.echo"].delay({"still": "serving"})
-            assert await handle == {"still": "serving"}
-            while await raw.xlen(DEAD) < 3:
-                await anyio.sleep(0.02)
-            with pytest.raises(NotRegistered, match=r"fault\.missing"):
-                await app.AsyncResult("ghost-id").get(timeout=5)
-        reasons = [d.reason for d in await app.broker.dead_letters("default", 10)]
-        print(f"\n[garbage] dead_letters={len(reasons)} reasons={reasons}")
-        assert len(reasons) == 3
-        assert workers.procs["g1"].poll() is None
-        assert "dead-lettering undecodable message" in workers.log("g1")
-    finally:
-        await app.close()
+    app = producer
+    workers.start("g1")
+    await wait_ready(workers, "g1")
+    unknown = msgspec.msgpack.encode(TaskMessage(id="ghost-id", task="fault.missing"))
+    for payload in (b"\xc1\x00 not msgpack", unknown, random.Random(7).randbytes(64)):
+        await raw.xadd(STREAM, {"m": payload})
+    with anyio.fail_after(10):
+        handle = await app.tasks["fault.echo"].delay({"still": "serving"})
+        assert await handle == {"still": "serving"}
+        while await raw.xlen(DEAD) < 3:
+            await anyio.sleep(0.02)
+        with pytest.raises(NotRegistered, match=r"fault\.missing"):
+            await app.AsyncResult("ghost-id").get(timeout=5)
+    reasons = [d.reason for d in await app.broker.dead_letters("default", 10)]
+    print(f"\n[garbage] dead_letters={len(reasons)} reasons={reasons}")
+    assert len(reasons) == 3
+    assert workers.procs["g1"].poll() is None
+    assert "dead-lettering undecodable message" in workers.log("g1")
 
 
 # -- 5. SIGTERM / second SIGINT ------------------------------------------------------------
 async def test_sigterm_hands_back_and_second_sigint_stops_at_once(
-    workers: CliWorkers, redis_url: str, raw: Any
+    workers: CliWorkers, producer: AioQueue, raw: Any
 ) -> None:
     # visibility_timeout 30s: only an immediate hand-back explains a quick rerun elsewhere.
-    app = producer_app(redis_url)
+    app = producer
     slow = app.tasks["fault.first_slow"]
-    try:
-        workers.start("A", FAULT_VT="30", FAULT_SHUTDOWN_TIMEOUT="0.5")
-        await wait_ready(workers, "A")
-        handles = [await slow.delay(f"term{i}", 30.0) for i in range(5)]
-        with anyio.fail_after(10):
-            while len(await run_counts(raw)) < 5:
-                await anyio.sleep(0.02)
-        workers.start("B", FAULT_VT="30")
-        await wait_ready(workers, "B")
-        sigterm_at = time.monotonic()
-        workers.procs["A"].send_signal(signal.SIGTERM)
-        code = await workers.wait_exit("A", timeout=10)
-        exited_in = time.monotonic() - sigterm_at
-        with anyio.fail_after(10):
-            values = [await h for h in handles]
-        finished_in = time.monotonic() - sigterm_at
-        infos = [await h.info() for h in handles]
-        runs = await run_counts(raw)
-        print(f"\n[sigterm] exit_code={code} exited_in={exited_in:.2f}s "
-              f"all_done_in={finished_in:.2f}s (visibility_timeout 30s) "
-              f"workers={[i.worker for i in infos]} runs={runs}")
-        assert code == 0
-        assert values == [f"term{i}" for i in range(5)]
-        assert all(i.worker == "B" for i in infos)
-        assert finished_in < 10  # far sooner than the 30s reclaim
-        assert all(runs[f"term{i}"] == 2 for i in range(5))
+    workers.start("A", FAULT_VT="30", FAULT_SHUTDOWN_TIMEOUT="0.5")
+    await wait_ready(workers, "A")
+    handles = [await slow.delay(f"term{i}", 30.0) for i in range(5)]
+    with anyio.fail_after(10):
+        while len(await run_counts(raw)) < 5:
+            await anyio.sleep(0.02)
+    workers.start("B", FAULT_VT="30")
+    await wait_ready(workers, "B")
+    sigterm_at = time.monotonic()
+    workers.procs["A"].send_signal(signal.SIGTERM)
+    code = await workers.wait_exit("A", timeout=10)
+    exited_in = time.monotonic() - sigterm_at
+    with anyio.fail_after(10):
+        values = [await h for h in handles]
+    finished_in = time.monotonic() - sigterm_at
+    infos = [await h.info() for h in handles]
+    runs = await run_counts(raw)
+    print(f"\n[sigterm] exit_code={code} exited_in={exited_in:.2f}s "
+          f"all_done_in={finished_in:.2f}s (visibility_timeout 30s) "
+          f"workers={[i.worker for i in infos]} runs={runs}")
+    assert code == 0
+    assert values == [f"term{i}" for i in range(5)]
+    assert all(i.worker == "B" for i in infos)
+    assert finished_in < 10  # far sooner than the 30s reclaim
+    assert all(runs[f"term{i}"] == 2 for i in range(5))
 
-        # Second SIGINT: graceful would wait 30s; the second signal stops at once.
-        workers.start("A2", FAULT_VT="30", FAULT_SHUTDOWN_TIMEOUT="30")
-        await wait_ready(workers, "A2")
-        await raw.delete(RUNS)
-        workers.kill("B")  # so the new tasks all land on A2
-        handles = [await slow.delay(f"int{i}", 30.0) for i in range(5)]
-        with anyio.fail_after(10):
-            while len(await run_counts(raw)) < 5:
-                await anyio.sleep(0.02)
-        workers.start("B2", FAULT_VT="30")
-        await wait_ready(workers, "B2")
-        a2 = workers.procs["A2"]
-        a2.send_signal(signal.SIGINT)
-        with anyio.fail_after(5):
-            while "stopping gracefully" not in workers.log("A2"):
-                await anyio.sleep(0.02)
-        second_at = time.monotonic()
-        a2.send_signal(signal.SIGINT)
-        code = await workers.wait_exit("A2", timeout=10)
-        exited_in = time.monotonic() - second_at
-        with anyio.fail_after(10):
-            values = [await h for h in handles]
-        infos = [await h.info() for h in handles]
-        runs = await run_counts(raw)
-        print(f"[second sigint] exit_code={code} exited_in={exited_in:.2f}s "
-              f"workers={[i.worker for i in infos]} runs={runs}")
-        assert exited_in < 2.0  # not the 30s shutdown_timeout, not the 30s task
-        assert values == [f"int{i}" for i in range(5)]
-        assert all(i.worker == "B2" for i in infos)
-        assert all(runs[f"int{i}"] == 2 for i in range(5))
-    finally:
-        await app.close()
+    # Second SIGINT: graceful would wait 30s; the second signal stops at once.
+    workers.start("A2", FAULT_VT="30", FAULT_SHUTDOWN_TIMEOUT="30")
+    await wait_ready(workers, "A2")
+    await raw.delete(RUNS)
+    workers.kill("B")  # so the new tasks all land on A2
+    handles = [await slow.delay(f"int{i}", 30.0) for i in range(5)]
+    with anyio.fail_after(10):
+        while len(await run_counts(raw)) < 5:
+            await anyio.sleep(0.02)
+    workers.start("B2", FAULT_VT="30")
+    await wait_ready(workers, "B2")
+    a2 = workers.procs["A2"]
+    a2.send_signal(signal.SIGINT)
+    with anyio.fail_after(5):
+        while "stopping gracefully" not in workers.log("A2"):
+            await anyio.sleep(0.02)
+    second_at = time.monotonic()
+    a2.send_signal(signal.SIGINT)
+    code = await workers.wait_exit("A2", timeout=10)
+    exited_in = time.monotonic() - second_at
+    with anyio.fail_after(10):
+        values = [await h for h in handles]
+    infos = [await h.info() for h in handles]
+    runs = await run_counts(raw)
+    print(f"[second sigint] exit_code={code} exited_in={exited_in:.2f}s "
+          f"workers={[i.worker for i in infos]} runs={runs}")
+    assert exited_in < 2.0  # not the 30s shutdown_timeout, not the 30s task
+    assert values == [f"int{i}" for i in range(5)]
+    assert all(i.worker == "B2" for i in infos)
+    assert all(runs[f"int{i}"] == 2 for i in range(5))
