@@ -1,7 +1,8 @@
 """Every Redis key name aioqueue uses, in one place.
 
 Per-queue keys share the hash tag ``{QUEUE}`` so that a multi-key script over one queue
-touches a single Redis Cluster slot.
+touches a single Redis Cluster slot. Results and reply lists are not tagged yet: the settle
+script spans them and the queue's keys, so it needs a standalone server (or one slot).
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class Keys:
         """The dead-letter stream of ``queue``."""
         return f"{self.prefix}:{{{queue}}}:dead"
 
+    def settle_guard(self, queue: str, message_id: str) -> str:
+        """Marks a delivery's hand-back, retry or dead letter as applied, so a settle batch
+        replayed after a lost reply does not add the message twice."""
+        return f"{self.prefix}:{{{queue}}}:settled:{message_id}"
+
     def result(self, task_id: str) -> str:
         """The result record of one task."""
         return f"{self.prefix}:result:{task_id}"
@@ -37,29 +43,31 @@ class Keys:
         """A producer process's reply list: workers push finished records here."""
         return f"{self.prefix}:reply:{waiter_id}"
 
+    def is_reply(self, key: str) -> bool:
+        """True for a key :meth:`reply` can make (with a 32-digit hex waiter id).
+
+        A message's ``reply_to`` is input from whoever could write to the queue: a worker
+        pushes only to keys of this shape, never to any key a message names.
+        """
+        start = f"{self.prefix}:reply:"
+        if not key.startswith(start) or len(key) != len(start) + 32:
+            return False
+        return all(c in "0123456789abcdef" for c in key[len(start):])
+
     @property
     def revoked(self) -> str:
         """Sorted set of revoked task ids, score = when the revocation expires."""
         return f"{self.prefix}:revoked"
 
     @property
+    def terminate(self) -> str:
+        """Sorted set of task ids to cancel where they run, score = when that expires."""
+        return f"{self.prefix}:terminate"
+
+    @property
     def control(self) -> str:
         """Pub/sub channel for remote control (revoke, ping, shutdown)."""
         return f"{self.prefix}:control"
-
-    @property
-    def workers(self) -> str:
-        """Sorted set of live workers, score = last heartbeat time."""
-        return f"{self.prefix}:workers"
-
-    def worker_info(self, worker_id: str) -> str:
-        """Hash describing one live worker (queues, concurrency, host, pid)."""
-        return f"{self.prefix}:worker:{worker_id}"
-
-    @property
-    def events(self) -> str:
-        """Capped stream of task events (opt-in)."""
-        return f"{self.prefix}:events"
 
     @property
     def beat_lease(self) -> str:

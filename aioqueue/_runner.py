@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._concurrency import run_in_thread
+from ._keys import Keys
 from .broker import Broker, Delivery, Enqueue, Outcome
 from .errors import (
     DeadLettered,
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = ("Running", "TaskRunner")
 
 log = logging.getLogger("aioqueue.worker")
+
+_UNSETTLEABLE = "unsettleable: "
 
 
 @dataclass(slots=True)
@@ -75,6 +78,7 @@ class TaskRunner:
         self.thread_limiter = thread_limiter
         self.revoked = revoked
         self.result_ttl_s = app.conf.result_expires_s
+        self.keys = Keys(app.conf.key_prefix)
         self.max_deliveries = app.conf.max_deliveries
         self.log_info = log.isEnabledFor(logging.INFO)
 
@@ -130,10 +134,42 @@ class TaskRunner:
             task_id=msg.id,
             record=data,
             result_ttl_s=self.result_ttl_s,
-            reply_to=msg.reply_to if final else None,
+            reply_to=msg.reply_to if final and self._may_reply(msg) else None,
             requeue=requeue,
             dead_reason=dead_reason,
         )
+
+    def _may_reply(self, msg: TaskMessage) -> bool:
+        reply_to = msg.reply_to
+        if reply_to is None:
+            return False
+        if self.keys.is_reply(reply_to):
+            return True
+        # Whoever wrote this message could otherwise make the worker push to any key.
+        log.warning("Task %s[%s]: ignoring reply_to %.80r: not a reply list of this app",
+                    msg.task, msg.id, reply_to)
+        return False
+
+    def unsettleable(self, outcome: Outcome, error: str) -> Outcome | None:
+        """What to settle instead of an outcome the broker refused for good (say a key of
+        the wrong type where the queue's stream should be): a FAILURE record and a dead
+        letter, so the message is neither lost nor retried forever. None when that was
+        already the replacement: then the message is left for redelivery."""
+        delivery = outcome.delivery
+        if delivery is None or (outcome.dead_reason or "").startswith(_UNSETTLEABLE):
+            return None
+        record: bytes | None = None
+        if outcome.task_id is not None:
+            record = self.serializer.encode(ResultRecord(
+                id=outcome.task_id, state=State.FAILURE,
+                exc_type="aioqueue.errors.BrokerError",
+                exc_message=f"its outcome could not be stored: {error}",
+                date_done=time.time(), worker=self.worker_name,
+            ))
+        log.error("worker %s: message %s (task %s) could not be settled (%s): moved to dead "
+                  "letters", self.worker_name, delivery.message_id, outcome.task_id, error)
+        return Outcome(delivery=delivery, task_id=outcome.task_id, record=record,
+                       result_ttl_s=self.result_ttl_s, dead_reason=f"{_UNSETTLEABLE}{error}")
 
     def _portable_args(self, exc: BaseException) -> tuple[Any, ...] | None:
         args = tuple(exc.args)

@@ -1,8 +1,14 @@
 """``aioqueue worker --processes N``: N single-loop worker processes under a supervisor.
 
 Each child is the same command line with ``--processes 1``; a child that dies is restarted
-(with a short back-off so a crash loop does not spin), and SIGTERM/SIGINT are forwarded so
-every child shuts down gracefully. The supervisor exits 0 when all children exited after a
+(with a short back-off so a crash loop does not spin). The first SIGTERM/SIGINT is forwarded
+so every child shuts down gracefully; a second one makes the supervisor send SIGQUIT, which
+children take as "stop now" (hand running tasks back); a third kills them.
+
+Children run with ``AIOQUEUE_SUPERVISED=1``, where SIGTERM/SIGINT only ever mean "stop
+gracefully": a signal sent to the whole process group (Ctrl-C in a terminal, systemd's
+``KillMode=control-group``, ``kill -TERM -PGID``) reaches each child twice, directly and
+forwarded, and must count once. The supervisor exits 0 when all children exited after a
 signal.
 """
 
@@ -43,13 +49,16 @@ def supervise(argv: list[str], processes: int) -> int:
     env = {**os.environ, "AIOQUEUE_SUPERVISED": "1"}
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
+    signals_seen = 0
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
+        nonlocal stopping, signals_seen
         stopping = True
+        signals_seen += 1
+        to_children = {1: signal.SIGTERM, 2: signal.SIGQUIT}.get(signals_seen, signal.SIGKILL)
         for child in children:
             if child.poll() is None:
-                child.send_signal(signum)
+                child.send_signal(to_children)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)

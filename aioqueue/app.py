@@ -6,12 +6,13 @@ import asyncio
 import os
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from ._time import to_epoch, when_to_epoch
-from .broker import Broker, Enqueue, create_broker
+from .broker import Broker, Enqueue, create_broker, redact_url
 from .config import Settings
 from .errors import ConfigurationError, SerializationError
 from .message import ResultRecord, Serializer, State, TaskMessage, get_serializer
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = ("AioQueue",)
 
 _BATCH_CHUNK = 1000
+#: ``AsyncResult`` is also a method name inside ``AioQueue``: this names the class there.
+_Handle = AsyncResult[Any]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -34,6 +37,23 @@ def new_task_id() -> str:
     """A random UUID4 string, as Celery's task ids; three times cheaper than ``uuid.uuid4``."""
     h = os.urandom(16).hex()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+def _forget_parent_state_after_fork(app: AioQueue) -> None:
+    """Give ``app`` its own reply list in every process forked from this one.
+
+    The hook holds the app weakly, so it does not keep a discarded app alive (a hook
+    cannot be unregistered).
+    """
+    ref = weakref.ref(app)
+
+    def after_in_child() -> None:
+        forked = ref()
+        if forked is not None:
+            forked._after_fork_in_child()
+
+    if hasattr(os, "register_at_fork"):  # not on Windows
+        os.register_at_fork(after_in_child=after_in_child)
 
 
 class _TaskDecorator(Protocol):
@@ -76,7 +96,8 @@ class AioQueue:
         self._broker: Broker | None = None
         self._broker_loop: asyncio.AbstractEventLoop | None = None
         self._waiter: ResultWaiter | None = None
-        self._reply_to = f"{self.conf.key_prefix}:reply:{uuid.uuid4().hex}"
+        self._reply_to = self._new_reply_to()
+        _forget_parent_state_after_fork(self)
         #: Schedules declared with ``@app.periodic``: name -> beat_schedule entry.
         self.periodic_tasks: dict[str, dict[str, Any]] = {}
 
@@ -87,8 +108,6 @@ class AioQueue:
     @property
     def display_broker_url(self) -> str:
         """The broker URL without its password."""
-        from .broker.redis import redact_url
-
         return redact_url(self.conf.broker_url)
 
     @property
@@ -121,17 +140,37 @@ class AioQueue:
 
     @property
     def waiter(self) -> ResultWaiter:
-        """This process's result listener for the running loop."""
+        """This process's result waiter for the running loop (see ``aioqueue.result``)."""
         broker = self.broker
         if self._waiter is None:
             self._waiter = ResultWaiter(broker, self.serializer, self._reply_to)
         return self._waiter
 
+    def _new_reply_to(self) -> str:
+        # 32 hex digits: the worker pushes replies only to keys of this shape (_keys.py).
+        return f"{self.conf.key_prefix}:reply:{uuid.uuid4().hex}"
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: a reply list of its own, and no objects of the parent's.
+
+        Sharing the parent's list would make the two pop each other's replies. The
+        parent's waiter and broker hold its event loop and sockets: forget them without
+        closing anything (closing from here would cut the parent's connections).
+        """
+        self._reply_to = self._new_reply_to()
+        self._waiter = None
+        self._broker = None
+        self._broker_loop = None
+
     async def close(self) -> None:
-        """Close connections (also done by ``async with app:``)."""
-        if self._waiter is not None:
-            await self._waiter.close()
-            self._waiter = None
+        """Close connections (also done by ``async with app:``).
+
+        Waits still pending on this app raise ``BrokerError``; handles stay usable and
+        reconnect when awaited again.
+        """
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            await waiter.close()
         if self._broker is not None:
             await self._broker.close()
             self._broker = None
@@ -317,19 +356,20 @@ class AioQueue:
         self, task: Task[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any], **options: Any
     ) -> AsyncResult[R]:
         msg, item = self._build(task.name, args, kwargs, **options)
+        # The handle first: it registers its id with the waiter, which drops replies for
+        # ids nobody holds, and the reply can come before enqueue() returns.
+        handle: AsyncResult[R] = AsyncResult(
+            msg.id, self, task.name, waiter=None if msg.reply_to is None else self.waiter)
         # Inlined rather than calling _enqueue_one: one coroutine frame less on the path of
         # every delay() (a plain delay() loop is round-trip bound; every microsecond shows).
         await self.broker.enqueue((item,))
-        fast = msg.reply_to is not None
-        if fast:
-            self.waiter.expect()
-        return AsyncResult(msg.id, self, task.name, fast=fast)
+        return handle
 
     async def _enqueue_one(self, msg: TaskMessage, item: Enqueue, name: str) -> AsyncResult[Any]:
+        handle: AsyncResult[Any] = AsyncResult(
+            msg.id, self, name, waiter=None if msg.reply_to is None else self.waiter)
         await self.broker.enqueue([item])
-        if msg.reply_to is not None:
-            self.waiter.expect()
-        return AsyncResult(msg.id, self, name, fast=msg.reply_to is not None)
+        return handle
 
     async def _send_many(
         self, task: Task[Any, R], calls: list[tuple[Any, ...]]
@@ -341,11 +381,10 @@ class AioQueue:
             now = time.time()
             built = [self._build(task.name, args, {}, now=now)
                      for args in calls[start:start + _BATCH_CHUNK]]
+            waiter = None if built[0][0].reply_to is None else self.waiter
+            # Handles before the write, as in _send.
+            handles += [AsyncResult(msg.id, self, task.name, waiter=waiter) for msg, _ in built]
             await self.broker.enqueue([item for _, item in built])
-            fast = built[0][0].reply_to is not None
-            if fast:
-                self.waiter.expect()
-            handles += [AsyncResult(msg.id, self, task.name, fast=fast) for msg, _ in built]
         return handles
 
     async def send_task(
@@ -369,34 +408,48 @@ class AioQueue:
 
     async def _load_record(self, task_id: str) -> ResultRecord | None:
         raw = await self.broker.get_result(task_id)
-        return None if raw is None else self.serializer.decode_record(raw)
+        if raw is None:
+            return None
+        try:
+            return self.serializer.decode_record(raw)
+        except SerializationError as exc:
+            raise SerializationError(f"task {task_id}: {exc}") from exc
 
-    async def _wait_for(self, task_id: str, timeout: float | None, *, fast: bool) -> ResultRecord:
-        return await self.waiter.wait(task_id, timeout, fast=fast, poll_s=0.005,
-                                      poll_max_s=self.conf.result_poll_max_interval)
+    async def _wait_for(self, handle: _Handle, timeout: float | None) -> ResultRecord:
+        waiter = self.waiter
+        fast = handle._track(waiter)
+        return await waiter.wait(handle.id, timeout, fast=fast, poll_s=0.005,
+                                 poll_max_s=self.conf.result_poll_max_interval)
 
     async def revoke(self, task_id: str, terminate: bool = False) -> None:
         """Revoke a task by id: it will not run; with ``terminate`` a running one is cancelled.
 
-        The revocation is remembered for ``result_expires``; the result becomes REVOKED.
+        The revocation is remembered for ``result_expires``; the result becomes REVOKED
+        unless the task already finished (a finished task keeps its result, even when it
+        finishes while this call runs: the record is replaced by compare-and-set).
         """
         from .control import encode_control
 
-        now = time.time()
         ttl = self.conf.result_expires_s
-        existing = await self._load_record(task_id)
-        if existing is None or existing.state not in (State.SUCCESS, State.FAILURE):
-            record = ResultRecord(
-                id=task_id, state=State.REVOKED, exc_type="aioqueue.errors.TaskRevoked",
-                exc_message="revoked", date_done=now,
-                task=existing.task if existing else None,
-            )
-            await self.broker.set_result(task_id, self.serializer.encode(record), ttl)
-            if self._waiter is not None:
-                self._waiter.resolve(record)
-        await self.broker.revoke(
-            task_id, now + ttl, encode_control("revoke", task_id=task_id, terminate=terminate)
-        )
+        control = encode_control("revoke", task_id=task_id, terminate=terminate)
+        while True:
+            now = time.time()
+            raw = await self.broker.get_result(task_id)
+            existing = None if raw is None else self.serializer.decode_record(raw)
+            record: ResultRecord | None = None
+            if existing is None or existing.state not in (State.SUCCESS, State.FAILURE):
+                record = ResultRecord(
+                    id=task_id, state=State.REVOKED, exc_type="aioqueue.errors.TaskRevoked",
+                    exc_message="revoked", date_done=now,
+                    task=existing.task if existing else None,
+                )
+            encoded = None if record is None else self.serializer.encode(record)
+            if await self.broker.revoke(task_id, now + ttl, control, terminate=terminate,
+                                        record=encoded, expected=raw, ttl_s=ttl):
+                break
+            # The task's state changed between the read and the write: read it again.
+        if record is not None and self._waiter is not None:
+            self._waiter.resolve(record)
 
     # -- running ---------------------------------------------------------------------------
     def worker(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -13,7 +14,7 @@ from .errors import ConfigurationError
 __all__ = ("Settings",)
 
 
-@dataclass
+@dataclass(repr=False)
 class Settings:
     """Everything an app can be configured with; change with ``app.conf.update(...)``."""
 
@@ -70,12 +71,22 @@ class Settings:
             raise ConfigurationError(
                 f"worker_concurrency must be at least 1, not {self.worker_concurrency}"
             )
-        for name in ("visibility_timeout", "shutdown_timeout", "broker_connection_timeout",
-                     "delayed_poll_interval", "beat_lease_ttl"):
-            if float(getattr(self, name)) <= 0:
-                raise ConfigurationError(f"{name} must be positive, not {getattr(self, name)!r}")
-        if self.result_expires_s <= 0:
-            raise ConfigurationError(f"result_expires must be positive, not {self.result_expires}")
+        seconds = {name: getattr(self, name) for name in (
+            "visibility_timeout", "shutdown_timeout", "broker_connection_timeout",
+            "delayed_poll_interval", "beat_lease_ttl", "result_poll_max_interval")}
+        seconds["result_expires"] = self.result_expires_s
+        if self.task_time_limit is not None:
+            seconds["task_time_limit"] = self.task_time_limit
+        for name, value in seconds.items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ConfigurationError(
+                    f"{name} must be a number of seconds, not {value!r}") from None
+            # inf would pass "> 0" and then fail deep inside (int(inf * 1000)) at run time.
+            if not (math.isfinite(number) and number > 0):
+                raise ConfigurationError(
+                    f"{name} must be a positive, finite number of seconds, not {value!r}")
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
@@ -93,3 +104,15 @@ class Settings:
 
     def __getitem__(self, name: str) -> Any:
         return getattr(self, name)
+
+    def __repr__(self) -> str:
+        # Never the URLs' passwords: a repr ends up in logs, tracebacks and bug reports.
+        from .broker import redact_url
+
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("broker_url", "result_backend") and isinstance(value, str):
+                value = redact_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"

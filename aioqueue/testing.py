@@ -34,17 +34,25 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A ``redis-server`` child process on a free loopback port, in a temporary directory."""
+    """A ``redis-server`` child process on a free loopback port, in a temporary directory.
+
+    ``binary`` is the server executable to run: ``redis-server`` on ``PATH`` by default, or
+    the path of any server that takes ``redis-server``'s command-line options (another Redis
+    version, Valkey's ``valkey-server``).
+    """
 
     def __init__(self, *, port: int | None = None, appendonly: bool = False,
-                 extra_args: tuple[str, ...] = ()) -> None:
-        binary = shutil.which("redis-server")
+                 extra_args: tuple[str, ...] = (), binary: str | None = None) -> None:
         if binary is None:
-            raise RuntimeError(
-                "redis-server not found on PATH: run `make test` (installs it on Debian as "
-                "root) or install it yourself: `apt-get install redis-server` / "
-                "`brew install redis`"
-            )
+            binary = shutil.which("redis-server")
+            if binary is None:
+                raise RuntimeError(
+                    "redis-server not found on PATH: run `make test` (installs it on Debian as "
+                    "root) or install it yourself: `apt-get install redis-server` / "
+                    "`brew install redis`"
+                )
+        elif not Path(binary).is_file():
+            raise RuntimeError(f"server binary {binary} does not exist")
         self.binary = binary
         self.port = port or free_port()
         self.appendonly = appendonly
@@ -70,14 +78,14 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 code, self.process = self.process.returncode, None
-                raise RuntimeError(f"redis-server exited with {code}")
+                raise RuntimeError(f"{self.binary} exited with {code}")
             try:
                 if self.command("PING") == b"+PONG":
                     return
             except OSError:
                 time.sleep(0.02)
         self.stop(kill=True)  # do not leave a half-started server behind
-        raise RuntimeError(f"redis-server on port {self.port} did not answer in {timeout_s}s")
+        raise RuntimeError(f"{self.binary} on port {self.port} did not answer in {timeout_s}s")
 
     def command(self, *parts: str) -> bytes:
         """Send one command and return the first reply line (enough for PING/FLUSHALL)."""

@@ -2,19 +2,27 @@
 
 Shape (one ``anyio`` task group):
 
-* the **fetch loop** asks the broker only for as many messages as there are free slots
-  (``XREADGROUP COUNT free``), so a busy worker never hoards work an idle one could run;
-  it also reclaims messages of dead workers (idle past ``visibility_timeout``);
-* each delivery runs in its own task under a cancel scope (time limit, revoke, shutdown);
-* the **flusher** settles finished deliveries in batches: one atomic pipeline stores the
-  results, wakes the producers and acknowledges, for every task that finished since the
-  last flush (group commit: one round trip under load, no added latency when idle);
-* **maintenance** moves due delayed messages and keeps long-running tasks claimed;
+* the **fetch loop** asks the broker only for as many messages as there are free slots,
+  over all its queues together, so a busy worker never hoards work an idle one could run
+  and ``concurrency`` is a hard limit; it also reclaims messages of dead workers (idle past
+  ``visibility_timeout``) and removes their consumers once they hold nothing;
+* each delivery runs in its own asyncio task (cancelled for time limits, revoke, shutdown);
+* the **flusher** settles finished deliveries in capped batches: one script call stores the
+  results, acknowledges and wakes the producers, for every task that finished since the
+  last flush (group commit: one round trip under load, no added latency when idle). An
+  outcome the broker refuses fails alone: the rest of its batch settles;
+* the **heartbeat** keeps long-running tasks claimed and refreshes revocations, in a loop of
+  its own so that nothing else failing can make a live worker look dead;
+* **maintenance** moves due delayed messages;
 * the **control listener** applies revocations as they are broadcast.
+
+Every internal loop survives any single error: it logs it, backs off and carries on.
 
 Stopping: :meth:`Worker.stop` stops fetching (unblocking the blocked read server-side, never
 by cancelling it), waits ``shutdown_timeout`` for running tasks, then cancels the rest and
-hands their messages back to the queue so another worker runs them at once.
+hands their messages back to the queue so another worker runs them at once. Storing what is
+left gets a bounded time too (``max(5 s, broker_connection_timeout)``): what cannot be
+stored stays unacknowledged and is redelivered, never lost.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from ._concurrency import new_thread_limiter
 from ._runner import Running, TaskRunner
 from .broker import Delivery, Enqueue, Outcome
 from .control import decode_control
-from .errors import BrokerConnectionError, BrokerError, ConfigurationError
+from .errors import BrokerError, ConfigurationError
 
 if TYPE_CHECKING:
     from .app import AioQueue
@@ -50,42 +58,62 @@ FETCH_BLOCK_S = 2.0
 
 
 class _Outage:
-    """One loop's back-off while the broker is away. Logs one line when the broker goes
-    away and one when it is back: per worker, not per loop nor per retry (the loops of a
-    worker share ``down``, which holds ``"since"`` while the outage is reported)."""
+    """One loop's view of a failing broker: back-off, and log lines that tell the truth.
 
-    def __init__(self, what: str, down: dict[str, float], max_delay_s: float = 2.0) -> None:
+    Logs when the loop starts failing, every ``remind_s`` while it still fails (with how
+    long), and when that same loop succeeds again. Each loop has its own: one loop
+    recovering says nothing about another.
+    """
+
+    def __init__(self, what: str, max_delay_s: float = 2.0, remind_s: float = 30.0) -> None:
         self.what = what
-        self.down = down
-        self.failing = False
+        self.failing_since: float | None = None
+        self.recovered_at: float | None = None
         self.delay = 0.05
         self.max_delay_s = max_delay_s
+        self.remind_s = remind_s
+        self._next_reminder = 0.0
 
-    def failed(self, exc: Exception) -> float:
-        if not self.failing:
-            self.failing = True
-            if "since" not in self.down:
-                self.down["since"] = time.monotonic()
-                log.warning("%s: %s; retrying with back-off", self.what, exc)
+    @property
+    def failing(self) -> bool:
+        """True while the last attempt failed."""
+        return self.failing_since is not None
+
+    def failed(self, exc: BaseException) -> float:
+        """Note a failure; returns how long to back off."""
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+            self._next_reminder = now + self.remind_s
+            log.warning("%s: %s; retrying with back-off", self.what, exc)
+        elif now >= self._next_reminder:
+            self._next_reminder = now + self.remind_s
+            log.error("%s: still failing after %.0fs: %s", self.what,
+                      now - self.failing_since, exc)
         delay = self.delay
         self.delay = min(self.delay * 2, self.max_delay_s)
         return delay
 
     def ok(self) -> None:
-        if self.failing:
-            self.failing = False
+        """Note a success."""
+        if self.failing_since is not None:
+            now = time.monotonic()
+            log.warning("%s: working again after %.1fs", self.what, now - self.failing_since)
+            self.failing_since = None
+            self.recovered_at = now
             self.delay = 0.05
-        # Whichever loop reaches the broker first reports it back (the control channel
-        # only calls ok() when a message arrives, so it must not be the only one who can).
-        since = self.down.pop("since", None)
-        if since is not None:
-            self.down["recovered"] = time.monotonic()
-            log.warning("%s: broker reachable again after %.1fs", self.what,
-                        time.monotonic() - since)
 
 
 class Worker:
     """Runs an app's tasks from its queues. Use ``async with app.worker(...)`` or :meth:`run`."""
+
+    #: Most outcomes settled in one script call, and their most bytes: one huge call would
+    #: hold Redis (single-threaded) for everyone else.
+    SETTLE_BATCH = 500
+    SETTLE_BATCH_BYTES = 8 << 20
+    #: How often revocations are re-read (the broadcast is the fast path; this is the one
+    #: that survives a lost broadcast).
+    REVOCATIONS_EVERY_S = 1.0
 
     def __init__(
         self,
@@ -99,13 +127,18 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}")
+        if not queues:
+            raise ConfigurationError("a worker needs at least one queue")
         self.app = app
         self.concurrency = concurrency
         self.queues = list(dict.fromkeys(queues))
         self.burst = burst
         self.beat = beat
         self.name = name
+        #: Ids not to run. Replaced (in place: the runner holds it) at each refresh, so it
+        #: holds exactly what the broker holds, plus broadcasts newer than the last refresh.
         self.revoked: set[str] = set()
+        self._broadcast_revoked: dict[str, float] = {}
         self._thread_limiter = new_thread_limiter(min(concurrency, 40))
         self.running: dict[str, Running] = {}
         self.processed = 0
@@ -119,13 +152,21 @@ class Worker:
         self._stop_requested = anyio.Event()
         self._hard_stop = False
         self._started = anyio.Event()
+        self._subscribed = anyio.Event()
         self._stopped = anyio.Event()
         self._task: asyncio.Task[None] | None = None
-        #: Shared by the loops' _Outage trackers: one log line per outage, not per loop.
-        self._down: dict[str, float] = {}
+        self._settle_deadline: float | None = None
+        self._rotation = 0
         vt = app.conf.visibility_timeout
         self._reclaim_every_s = max(0.05, min(vt / 2, 5.0))
         self._heartbeat_every_s = max(0.05, vt / 3)
+        #: Consumers of dead workers are removed once idle this long and holding nothing
+        #: (a live worker's consumer is never idle longer than one blocking fetch).
+        self._prune_idle_s = max(3 * vt, 3 * FETCH_BLOCK_S)
+        #: When the broker last came back after an outage (see _just_recovered), and an
+        #: event that wakes the heartbeat then, to re-claim everything this worker holds.
+        self._recovered_at: float | None = None
+        self._recovered = anyio.Event()
 
     # -- embedding -------------------------------------------------------------------------
     async def __aenter__(self) -> Worker:
@@ -175,14 +216,23 @@ class Worker:
         if not await self._prepare():
             log.warning("worker %s stopped before it could reach the broker", self.name)
             return
+        # A worker starting just after a Redis restart sees every message idle since before
+        # the restart, its live owner's included: like a worker that saw the outage, it
+        # lets owners re-claim theirs (one heartbeat) before it reclaims anything.
+        self._recovered_at = time.monotonic()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._flusher)
                 tg.start_soon(self._maintenance)
+                tg.start_soon(self._heartbeat_loop)
                 tg.start_soon(self._control_listener)
                 tg.start_soon(self._stop_watcher)
                 if scheduler is not None:
                     tg.start_soon(scheduler.run, self._stop_requested)
+                # Started once revocations are heard (bounded: the durable refresh covers
+                # a control channel that cannot subscribe).
+                with anyio.move_on_after(2.0):
+                    await self._subscribed.wait()
                 log.info("worker %s consuming %s with concurrency %d", self.name,
                          ",".join(self.queues), self.concurrency)
                 self._started.set()
@@ -202,17 +252,24 @@ class Worker:
         """Connect and set up; False if stopped meanwhile (a SIGTERM while Redis is away
         must not wait for the whole connection timeout)."""
         log.info("worker %s connecting to %s", self.name, self.broker.display_url)
-        async with anyio.create_task_group() as tg:
+        try:
+            async with anyio.create_task_group() as tg:
 
-            async def stop_waiting() -> None:
-                await self._stop_requested.wait()
+                async def stop_waiting() -> None:
+                    await self._stop_requested.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(stop_waiting)
+                await self.broker.connect()
+                await self.broker.ensure_queues(self.queues)
+                await self._refresh_revocations()
                 tg.cancel_scope.cancel()
-
-            tg.start_soon(stop_waiting)
-            await self.broker.connect()
-            await self.broker.ensure_queues(self.queues)
-            self.revoked.update(await self.broker.revoked_ids(time.time()))
-            tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # One error (Redis refused or unreachable) reads better as itself: callers
+            # catch BrokerError around ``async with app.worker()``, not a group.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
         return not self._stopping
 
     async def _hand_back_running(self) -> None:
@@ -227,41 +284,62 @@ class Worker:
 
     async def serve(self) -> None:
         """Run with signal handling, as the CLI does: SIGTERM/SIGINT stop gracefully, a
-        second signal stops at once (running tasks are handed back, nothing is lost)."""
+        second signal stops at once (running tasks are handed back, nothing is lost).
+
+        Under ``--processes N`` (``AIOQUEUE_SUPERVISED``), a signal sent to the whole
+        process group reaches a child twice (directly and forwarded by the supervisor), so
+        there SIGTERM/SIGINT only ever mean "gracefully"; the supervisor asks for a stop
+        now with SIGQUIT when it gets a second signal itself.
+        """
+        supervised = os.environ.get("AIOQUEUE_SUPERVISED") == "1"
+        signals = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGQUIT] if supervised else [])
         async with anyio.create_task_group() as tg:
 
             async def on_signals(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                with anyio.open_signal_receiver(*signals) as received:
                     task_status.started()
-                    async for signum in signals:
-                        if self._hard_stop:
-                            # Cold shutdown: unsettled messages are redelivered after
-                            # visibility_timeout, so even this loses nothing.
-                            log.warning("third signal: exiting immediately")
-                            os._exit(1)
-                        if self._stopping:
-                            log.warning("second signal: stopping now (again to exit at once)")
-                            self.stop(now=True)
-                        else:
-                            log.warning("%s: stopping gracefully (again to stop now)",
-                                        signal.Signals(signum).name)
-                            self.stop()
+                    async for signum in received:
+                        self._on_signal(signum, supervised)
 
             await tg.start(on_signals)  # handlers in place before anything can block
             await self.run()
             tg.cancel_scope.cancel()
 
+    def _on_signal(self, signum: int, supervised: bool) -> None:
+        name = signal.Signals(signum).name
+        if supervised:
+            if signum == signal.SIGQUIT:
+                log.warning("SIGQUIT from the supervisor: stopping now")
+                self.stop(now=True)
+            elif not self._stopping:
+                log.warning("%s: stopping gracefully", name)
+                self.stop()
+            return
+        if self._hard_stop:
+            # Cold shutdown: unsettled messages are redelivered after
+            # visibility_timeout, so even this loses nothing.
+            log.warning("third signal: exiting immediately")
+            os._exit(1)
+        if self._stopping:
+            log.warning("second signal: stopping now (again to exit at once)")
+            self.stop(now=True)
+        else:
+            log.warning("%s: stopping gracefully (again to stop now)", name)
+            self.stop()
+
     async def _stop_watcher(self) -> None:
         await self._stop_requested.wait()
-        await self.broker.interrupt_fetch()
+        with contextlib.suppress(Exception):  # best effort: the read ends at its block anyway
+            await self.broker.interrupt_fetch()
         if self._hard_stop:
             self._cancel_running("shutdown")
 
     # -- fetching --------------------------------------------------------------------------
     async def _fetch_loop(self) -> None:
-        outage = _Outage(f"worker {self.name}: fetch", self._down)
+        outage = _Outage(f"worker {self.name}: fetch")
         create_task = asyncio.get_running_loop().create_task
         next_reclaim = time.monotonic() + self._reclaim_every_s
+        next_prune = time.monotonic() + self._prune_idle_s
         while not self._stopping:
             if self._free <= 0:
                 self._slot_freed = anyio.Event()
@@ -274,15 +352,19 @@ class Worker:
                 now = time.monotonic()
                 if now >= next_reclaim and not self._just_recovered(now):
                     next_reclaim = now + self._reclaim_every_s
-                    got = await self.broker.reclaim(self.queues, self.name,
-                                                    self.app.conf.visibility_timeout, free)
+                    got = self._not_mine_already(await self.broker.reclaim(
+                        self.queues, self.name, self.app.conf.visibility_timeout, free))
+                    if now >= next_prune:
+                        next_prune = now + self._prune_idle_s
+                        await self.broker.prune_consumers(self.queues, self.name,
+                                                          self._prune_idle_s)
                 if not got:
                     timeout = 0.05 if self.burst else min(FETCH_BLOCK_S, self._reclaim_every_s)
-                    got = await self.broker.fetch(self.queues, self.name, free, timeout)
-                outage.ok()
-            except (BrokerConnectionError, BrokerError) as exc:
+                    got = await self.broker.fetch(self._queue_order(), self.name, free, timeout)
+                self._note(outage, ok=True)
+            except Exception as exc:  # any error: log, back off, carry on
                 self._free += free
-                await self._sleep_unless_stopping(outage.failed(exc))
+                await self._sleep_unless_stopping(self._note(outage, exc=exc))
                 continue
             self._free += free - len(got)
             now = time.monotonic()
@@ -296,11 +378,46 @@ class Worker:
             if self.burst and not got and not self.running and await self._drained():
                 return
 
+    def _queue_order(self) -> list[str]:
+        """The queues, starting one further each time, so none is starved by the others."""
+        queues = self.queues
+        if len(queues) == 1:
+            return queues
+        self._rotation = (self._rotation + 1) % len(queues)
+        return queues[self._rotation:] + queues[:self._rotation]
+
+    def _not_mine_already(self, reclaimed: list[Delivery]) -> list[Delivery]:
+        """Drop reclaimed messages this worker is still running or settling (its heartbeat
+        failed for a while, so they looked idle): running them again here would run them
+        twice and lose track of the first run."""
+        if not reclaimed:
+            return reclaimed
+        held = {d.message_id for d in (o.delivery for o in self._outcomes) if d is not None}
+        return [d for d in reclaimed
+                if d.message_id not in self.running and d.message_id not in held]
+
+    def _note(self, outage: _Outage, *, ok: bool = False,
+              exc: BaseException | None = None) -> float:
+        """Record a loop's success or failure; returns the back-off after a failure."""
+        if ok:
+            was_failing = outage.failing
+            outage.ok()
+            if was_failing:
+                self._recovered_at = outage.recovered_at
+                self._recovered.set()
+            return 0.0
+        assert exc is not None
+        if not isinstance(exc, BrokerError):
+            log.exception("%s: unexpected error (the loop carries on)", outage.what,
+                          exc_info=exc)
+        return outage.failed(exc)
+
     def _just_recovered(self, now: float) -> bool:
-        """True shortly after a broker outage. Every message then looks idle for longer than
-        the visibility timeout, its owner included; reclaiming at once would rerun the tasks
-        of live workers. Waiting for one heartbeat lets each owner re-claim its own first."""
-        recovered = self._down.get("recovered")
+        """True shortly after a broker outage (or start-up). Every message then looks idle
+        for longer than the visibility timeout, its owner included; reclaiming at once
+        would rerun the tasks of live workers. Waiting for one heartbeat lets each owner
+        re-claim its own first."""
+        recovered = self._recovered_at
         return recovered is not None and now - recovered < self._heartbeat_every_s * 1.5
 
     async def _drained(self) -> bool:
@@ -331,7 +448,8 @@ class Worker:
         self._release(running)
 
     def _release(self, running: Running) -> None:
-        self.running.pop(running.delivery.message_id, None)
+        if self.running.get(running.delivery.message_id) is running:
+            del self.running[running.delivery.message_id]
         self.processed += 1
         self._free += 1
         self._slot_freed.set()
@@ -346,49 +464,102 @@ class Worker:
         self._unsettled += 1
         self._outcome_added.set()
 
+    def _next_batch(self) -> list[Outcome]:
+        outcomes = self._outcomes
+        size = count = 0
+        for outcome in outcomes:
+            if count >= self.SETTLE_BATCH or (count and size >= self.SETTLE_BATCH_BYTES):
+                break
+            size += len(outcome.record or b"") + len(outcome.requeue.payload
+                                                       if outcome.requeue else b"")
+            count += 1
+        batch, self._outcomes = outcomes[:count], outcomes[count:]
+        return batch
+
+    def _settled_some(self, n: int) -> None:
+        self._unsettled -= n
+        if self._unsettled <= 0:
+            self._unsettled = 0
+            self._settled.set()
+            self._settled = anyio.Event()
+
+    async def _settle(self, batch: list[Outcome], outage: _Outage) -> bool:
+        """Settle one batch; outcomes that must be tried again go back to the buffer.
+        Returns False when the batch (or part of it) failed for a reason worth a back-off."""
+        try:
+            # Shielded: a half-sent script call must not be abandoned by a cancellation.
+            with anyio.CancelScope(shield=True):
+                failures = await self.broker.settle(batch)
+        except BaseException:
+            self._outcomes[:0] = batch  # never drop an outcome: put the batch back
+            raise
+        retry: list[Outcome] = []
+        done = len(batch)
+        for failure in failures:
+            outcome = batch[failure.index]
+            if failure.transient:
+                retry.append(outcome)
+                done -= 1
+                continue
+            replacement = self.runner.unsettleable(outcome, failure.error)
+            if replacement is None:
+                log.error("worker %s: giving up on settling message %s: %s; it will be "
+                          "redelivered after visibility_timeout", self.name,
+                          outcome.delivery.message_id if outcome.delivery else "-",
+                          failure.error)
+                continue
+            retry.append(replacement)
+            done -= 1
+        self._outcomes[:0] = retry
+        self._settled_some(done)
+        if any(f.transient for f in failures):
+            first = next(f for f in failures if f.transient)
+            self._note(outage, exc=BrokerError(
+                f"{len(retry)} of {len(batch)} results refused: {first.error}"))
+            return False
+        self._note(outage, ok=True)
+        return True
+
     async def _flusher(self) -> None:
         # Short back-off: once the broker is back, stored results beat any reclaimer.
-        outage = _Outage(f"worker {self.name}: settle", self._down, max_delay_s=0.25)
+        outage = _Outage(f"worker {self.name}: settle", max_delay_s=0.25)
         while True:
             if not self._outcomes:
                 self._outcome_added = anyio.Event()
                 await self._outcome_added.wait()
                 continue
-            batch, self._outcomes = self._outcomes, []
-            # Shielded: a half-sent pipeline must not be abandoned by a cancellation.
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self.broker.settle(batch)
-                    outage.ok()
-                except (BrokerConnectionError, BrokerError) as exc:
-                    # Never drop an outcome: put the batch back and try again.
-                    self._outcomes[:0] = batch
-                    await anyio.sleep(outage.failed(exc))
-                    continue
-            self._unsettled -= len(batch)
-            if self._unsettled == 0:
-                self._settled.set()
-                self._settled = anyio.Event()
+            try:
+                ok = await self._settle(self._next_batch(), outage)
+            except Exception as exc:  # any error: log, back off, carry on
+                await anyio.sleep(self._note(outage, exc=exc))
+                continue
+            if not ok:
+                await anyio.sleep(outage.delay)
 
     async def _wait_settled(self) -> None:
         while self._unsettled:
             await self._settled.wait()
 
     async def _flush_remaining(self) -> None:
-        outage = _Outage(f"worker {self.name}: final settle", self._down)
-        deadline = time.monotonic() + max(5.0, self.app.conf.broker_connection_timeout)
+        outage = _Outage(f"worker {self.name}: final settle")
+        deadline = self._settle_deadline
+        if deadline is None:
+            deadline = time.monotonic() + self._settle_grace_s()
+        deadline = max(deadline, time.monotonic() + 1.0)
         while self._outcomes and time.monotonic() < deadline:
-            batch, self._outcomes = self._outcomes, []
             try:
-                await self.broker.settle(batch)
-                self._unsettled -= len(batch)
-            except (BrokerConnectionError, BrokerError) as exc:
-                self._outcomes[:0] = batch
-                await anyio.sleep(outage.failed(exc))
+                # Bounded by the broker's own call deadline and read timeout.
+                await self._settle(self._next_batch(), outage)
+            except Exception as exc:
+                await anyio.sleep(min(self._note(outage, exc=exc),
+                                      max(0.0, deadline - time.monotonic())))
         if self._outcomes:
             # Unsettled messages stay unacknowledged: another worker reclaims and reruns them.
             log.error("worker %s: %d results could not be stored; their messages will be "
                       "redelivered after visibility_timeout", self.name, len(self._outcomes))
+
+    def _settle_grace_s(self) -> float:
+        return max(5.0, self.app.conf.broker_connection_timeout)
 
     async def _drain(self) -> None:
         if self.running and not self._hard_stop:
@@ -403,7 +574,11 @@ class Worker:
             while self.running:
                 self._slot_freed = anyio.Event()
                 await self._slot_freed.wait()
-        await self._wait_settled()
+        # Bounded: during an outage the flusher may never succeed; what is left then goes
+        # to _flush_remaining, which shares this deadline, and after that to redelivery.
+        self._settle_deadline = time.monotonic() + self._settle_grace_s()
+        with anyio.move_on_after(self._settle_grace_s()):
+            await self._wait_settled()
 
     # -- maintenance -----------------------------------------------------------------------
     async def _sleep_unless_stopping(self, seconds: float) -> None:
@@ -411,45 +586,93 @@ class Worker:
             await self._stop_requested.wait()
 
     async def _maintenance(self) -> None:
-        outage = _Outage(f"worker {self.name}: maintenance", self._down, max_delay_s=0.5)
+        outage = _Outage(f"worker {self.name}: moving due delayed tasks", max_delay_s=0.5)
         interval = self.app.conf.delayed_poll_interval
-        next_heartbeat = time.monotonic() + self._heartbeat_every_s
         while True:
             try:
                 await self.broker.move_due(self.queues, time.time())
-                now = time.monotonic()
-                if now >= next_heartbeat or outage.failing:
-                    # Right after an outage too: re-claim what we hold before others reclaim.
-                    next_heartbeat = now + self._heartbeat_every_s
-                    await self._heartbeat(now, everything=outage.failing)
-                outage.ok()
-            except (BrokerConnectionError, BrokerError) as exc:
-                await anyio.sleep(outage.failed(exc))
+                self._note(outage, ok=True)
+            except Exception as exc:  # any error: log, back off, carry on
+                await anyio.sleep(self._note(outage, exc=exc))
                 continue
             await anyio.sleep(interval)
+
+    async def _heartbeat_loop(self) -> None:
+        outage = _Outage(f"worker {self.name}: heartbeat", max_delay_s=0.5)
+        next_heartbeat = time.monotonic() + self._heartbeat_every_s
+        next_refresh = time.monotonic() + self.REVOCATIONS_EVERY_S
+        while True:
+            # After an outage seen by this loop or any other, every held message has looked
+            # idle for the outage's length: re-claim them all before others reclaim them.
+            everything = outage.failing or self._recovered.is_set()
+            try:
+                now = time.monotonic()
+                if now >= next_heartbeat or everything:
+                    self._recovered = anyio.Event()
+                    await self._heartbeat(now, everything=everything)
+                    next_heartbeat = now + self._heartbeat_every_s
+                if now >= next_refresh or everything:
+                    await self._refresh_revocations()
+                    next_refresh = now + self.REVOCATIONS_EVERY_S
+                self._note(outage, ok=True)
+            except Exception as exc:  # any error: log, back off, carry on
+                await anyio.sleep(self._note(outage, exc=exc))
+                continue
+            with anyio.move_on_after(max(0.01, min(next_heartbeat, next_refresh)
+                                         - time.monotonic())):
+                await self._recovered.wait()
 
     async def _heartbeat(self, now: float, *, everything: bool = False) -> None:
         # Only tasks that have run a while need it: a short task is acked long before. After
         # an outage every held message has looked idle for the outage's length: claim all.
-        old = [r.delivery for r in self.running.values()
-               if everything or now - r.started >= self._heartbeat_every_s]
+        running = [r for r in self.running.values()
+                   if everything or now - r.started >= self._heartbeat_every_s]
+        held = [r.delivery for r in running]
         # Finished but not yet stored (the broker was away): still ours, keep them claimed
         # so no other worker reruns them when the broker returns.
-        old += [o.delivery for o in self._outcomes if o.delivery is not None]
-        if old:
-            await self.broker.keep_claimed(self.name, old)
-        self.revoked.update(await self.broker.revoked_ids(time.time()))
+        held += [o.delivery for o in self._outcomes if o.delivery is not None]
+        if not held:
+            return
+        lost = {d.message_id for d in await self.broker.keep_claimed(self.name, held)}
+        for r in running:
+            if r.delivery.message_id in lost and self.running.get(r.delivery.message_id) is r:
+                # Another worker took it over while this one looked dead: it runs there too
+                # now. Not claimed back (that would toss it between two live workers).
+                log.warning("worker %s: task %s (message %s) was taken over by another "
+                            "worker while running here", self.name, r.task_id,
+                            r.delivery.message_id)
+
+    async def _refresh_revocations(self) -> None:
+        now = time.time()
+        found = await self.broker.revocations(now)
+        # A broadcast may beat the write it announces into this read's reply: keep those
+        # until a later read (one interval on) surely holds them.
+        recent = time.monotonic() - 3 * self.REVOCATIONS_EVERY_S
+        self._broadcast_revoked = {k: t for k, t in self._broadcast_revoked.items()
+                                   if t > recent}
+        revoked = found.revoked | self._broadcast_revoked.keys()
+        self.revoked.intersection_update(revoked)
+        self.revoked.update(revoked)
+        if found.terminate:
+            for running in list(self.running.values()):
+                if running.task_id in found.terminate:
+                    running.cancel("revoked")
 
     async def _control_listener(self) -> None:
-        outage = _Outage(f"worker {self.name}: control channel", self._down)
+        outage = _Outage(f"worker {self.name}: control channel")
         while True:
             try:
                 async for raw in self.broker.control_messages():
-                    outage.ok()
-                    self._on_control(raw)
+                    self._note(outage, ok=True)
+                    if raw:
+                        self._on_control(raw)
+                        continue
+                    # (Re)subscribed: what was broadcast meanwhile is in the durable sets.
+                    await self._refresh_revocations()
+                    self._subscribed.set()
                 return
-            except (BrokerConnectionError, BrokerError) as exc:
-                await anyio.sleep(outage.failed(exc))
+            except Exception as exc:  # any error: log, back off, carry on
+                await anyio.sleep(self._note(outage, exc=exc))
 
     def _on_control(self, raw: bytes) -> None:
         message = decode_control(raw)
@@ -460,11 +683,10 @@ class Worker:
             return
         if message.op == "revoke" and message.task_id:
             self.revoked.add(message.task_id)
+            self._broadcast_revoked[message.task_id] = time.monotonic()
             if message.terminate:
                 for running in self.running.values():
                     if running.task_id == message.task_id:
                         running.cancel("revoked")
         elif message.op == "shutdown":
             self.stop()
-
-

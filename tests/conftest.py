@@ -40,3 +40,22 @@ async def raw(redis_url: str) -> AsyncIterator[Any]:
     client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def any_app(request: pytest.FixtureRequest) -> AsyncIterator[AioQueue]:
+    """The ``app`` settings on each broker in turn: a test using this must pass on both.
+
+    Tests change a setting with ``any_app.conf.update(...)`` before their first broker call.
+    """
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else "memory://"
+    application = AioQueue(
+        "tests",
+        broker=url,
+        visibility_timeout=2.0,
+        shutdown_timeout=2.0,
+        broker_connection_timeout=2.0,
+        delayed_poll_interval=0.02,
+    )
+    yield application
+    await application.close()

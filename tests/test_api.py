@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -18,7 +16,6 @@ from aioqueue import (
     SerializationError,
     State,
     TaskError,
-    TaskRevoked,
 )
 
 
@@ -47,36 +44,6 @@ async def test_delay_and_await_returns_the_value(app: AioQueue) -> None:
         assert info.state is State.SUCCESS and info.result == 3
         assert info.date_done is not None and info.date_done.tzinfo is not None
         assert info.retries == 0
-
-
-async def test_pending_state_before_a_worker_runs(app: AioQueue) -> None:
-    @app.task(name="t.idle")
-    async def idle() -> None:
-        return None
-
-    handle = await idle.delay()
-    assert await handle.state() is State.PENDING
-    assert not await handle.ready()
-    with pytest.raises(TimeoutError):
-        await handle.get(timeout=0.2)
-
-
-async def test_failure_reraises_the_task_exception_with_worker_traceback(app: AioQueue) -> None:
-    @app.task
-    async def fails(reason: str) -> None:
-        raise CustomError(reason)
-
-    async with app.worker(concurrency=2):
-        handle = await fails.delay("broken")
-        with anyio.fail_after(5), pytest.raises(CustomError, match="broken") as caught:
-            await handle
-        assert any("CustomError" in note for note in caught.value.__notes__)
-        returned = await handle.get(propagate=False)
-        assert isinstance(returned, CustomError)
-        assert await handle.failed()
-        info = await handle.info()
-        assert info.state is State.FAILURE
-        assert info.traceback is not None and "raise CustomError(reason)" in info.traceback
 
 
 async def test_unimportable_exception_type_becomes_remote_task_error(app: AioQueue) -> None:
@@ -113,54 +80,6 @@ async def test_apply_async_options_and_explicit_task_id(app: AioQueue) -> None:
     assert sorted(seen) == ["a", "b"]
 
 
-async def test_countdown_and_eta_run_no_earlier_than_asked(app: AioQueue) -> None:
-    ran_at: dict[str, float] = {}
-
-    @app.task
-    async def stamp(tag: str) -> None:
-        ran_at[tag] = time.time()
-
-    async with app.worker(concurrency=4):
-        sent = time.time()
-        h1 = await stamp.apply_async(("countdown",), countdown=0.5)
-        h2 = await stamp.apply_async(("eta",), eta=datetime.now(UTC) + timedelta(seconds=0.5))
-        naive_utc = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=0.5)
-        h3 = await stamp.apply_async(("naive",), eta=naive_utc)
-        with anyio.fail_after(5):
-            await asyncio.gather(h1.get(), h2.get(), h3.get())
-    for tag in ("countdown", "eta", "naive"):
-        assert 0.5 <= ran_at[tag] - sent < 1.5, tag
-
-
-async def test_expired_task_is_not_run_and_is_revoked(app: AioQueue) -> None:
-    ran = []
-
-    @app.task
-    async def late() -> None:
-        ran.append(1)
-
-    handle = await late.apply_async(expires=0.01)
-    await anyio.sleep(0.05)  # let the expiry pass before any worker exists: that is the test
-    async with app.worker(concurrency=2):
-        with anyio.fail_after(5), pytest.raises(TaskRevoked, match="expired"):
-            await handle
-    assert ran == []
-    assert await handle.state() is State.REVOKED
-
-
-async def test_send_task_by_name_and_handle_by_id(app: AioQueue) -> None:
-    @app.task(name="named.mul")
-    async def mul(x: int, y: int) -> int:
-        return x * y
-
-    async with app.worker(concurrency=2):
-        handle = await app.send_task("named.mul", args=(6, 7))
-        by_id = app.AsyncResult(handle.id)
-        with anyio.fail_after(5):
-            assert await by_id.get(timeout=5) == 42  # polls: not this handle's fast path
-            assert await handle == 42
-
-
 async def test_handle_by_id_from_another_app_instance(app: AioQueue, redis_url: str) -> None:
     @app.task(name="other.process")
     async def value() -> str:
@@ -176,19 +95,6 @@ async def test_handle_by_id_from_another_app_instance(app: AioQueue, redis_url: 
         await other.close()
 
 
-async def test_forget_deletes_the_stored_result(app: AioQueue) -> None:
-    @app.task
-    async def one() -> int:
-        return 1
-
-    async with app.worker(concurrency=2):
-        handle = await one.delay()
-        with anyio.fail_after(5):
-            assert await handle == 1
-    await handle.forget()
-    assert await handle.state() is State.PENDING
-
-
 async def test_bind_gives_self_request(app: AioQueue) -> None:
     @app.task(bind=True)
     async def whoami(self: Any, x: int, *, y: int = 0) -> dict[str, Any]:
@@ -200,24 +106,6 @@ async def test_bind_gives_self_request(app: AioQueue) -> None:
         with anyio.fail_after(5):
             got = await handle
     assert got == {"id": handle.id, "retries": 0, "args": [5], "kwargs": {"y": 6}}
-
-
-async def test_minimal_retry_path(app: AioQueue) -> None:
-    attempts: list[int] = []
-
-    @app.task(bind=True)
-    async def flaky(self: Any) -> int:
-        attempts.append(self.request.retries)
-        if self.request.retries < 2:
-            raise self.retry(countdown=0.05)
-        return self.request.retries
-
-    async with app.worker(concurrency=2):
-        handle = await flaky.delay()
-        with anyio.fail_after(5):
-            assert await handle == 2
-    assert attempts == [0, 1, 2]
-    assert (await handle.info()).retries == 2
 
 
 async def test_sync_tasks_run_in_threads_without_blocking_the_loop(app: AioQueue) -> None:
@@ -256,63 +144,6 @@ async def test_sync_bound_task_sees_its_request(app: AioQueue) -> None:
             assert await handle == handle.id
 
 
-async def test_ignore_result_stores_nothing(app: AioQueue) -> None:
-    done = anyio.Event()
-
-    @app.task(ignore_result=True)
-    async def fire_and_forget() -> int:
-        done.set()
-        return 1
-
-    async with app.worker(concurrency=2) as worker:
-        handle = await fire_and_forget.delay()
-        with anyio.fail_after(5):
-            await done.wait()
-    assert worker.processed == 1
-    assert await handle.state() is State.PENDING
-    with pytest.raises(TimeoutError):
-        await handle.get(timeout=0.1)
-
-
-async def test_result_expires(redis_url: str) -> None:
-    app = AioQueue("tests", broker=redis_url, result_expires=0.3)
-
-    @app.task
-    async def short_lived() -> int:
-        return 1
-
-    try:
-        async with app.worker(concurrency=2):
-            handle = await short_lived.delay()
-            with anyio.fail_after(5):
-                assert await handle == 1
-        assert await handle.state() is State.SUCCESS
-        with anyio.fail_after(5):
-            while await handle.state() is not State.PENDING:
-                await anyio.sleep(0.05)
-    finally:
-        await app.close()
-
-
-async def test_track_started_records_started_state(app: AioQueue) -> None:
-    inside = anyio.Event()
-    proceed = anyio.Event()
-
-    @app.task(track_started=True)
-    async def slow() -> None:
-        inside.set()
-        await proceed.wait()
-
-    async with app.worker(concurrency=2):
-        handle = await slow.delay()
-        with anyio.fail_after(5):
-            await inside.wait()
-            assert await handle.state() is State.STARTED
-            proceed.set()
-            await handle
-    assert await handle.state() is State.SUCCESS
-
-
 async def test_unserializable_argument_names_the_argument(app: AioQueue) -> None:
     @app.task
     async def takes(a: Any, b: Any = None) -> None:
@@ -346,60 +177,6 @@ async def test_typed_arguments_are_converted(app: AioQueue) -> None:
         b = datetime(2026, 1, 1, tzinfo=UTC)
         with anyio.fail_after(5):
             assert await (await days_until.delay(a, b)) == 86400.0
-
-
-async def test_delay_many_enqueues_in_one_batch(app: AioQueue) -> None:
-    @app.task
-    async def square(x: int) -> int:
-        return x * x
-
-    handles = await square.delay_many([(i,) for i in range(200)])
-    assert len({h.id for h in handles}) == 200
-    assert (await app.broker.queue_sizes(["default"]))["default"][0] == 200
-    async with app.worker(concurrency=50):
-        with anyio.fail_after(10):
-            values = await asyncio.gather(*handles)
-    assert values == [i * i for i in range(200)]
-
-
-async def test_concurrency_is_a_hard_limit(app: AioQueue) -> None:
-    running = 0
-    peak = 0
-    gate = anyio.Event()
-    three_running = anyio.Event()
-
-    @app.task
-    async def hold() -> None:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        if running == 3:
-            three_running.set()
-        await gate.wait()
-        running -= 1
-
-    handles = await hold.delay_many([() for _ in range(10)])
-    async with app.worker(concurrency=3):
-        with anyio.fail_after(5):
-            await three_running.wait()
-            # With every slot busy, the other 7 stay in Redis for an idle worker to take.
-            ready, _, _ = (await app.broker.queue_sizes(["default"]))["default"]
-            assert ready == 10  # XLEN counts unacknowledged entries too
-            gate.set()
-            await asyncio.gather(*handles)
-    assert peak == 3
-
-
-async def test_results_resolve_many_waiters_at_once(app: AioQueue) -> None:
-    @app.task
-    async def echo(x: int) -> int:
-        await asyncio.sleep(0.01)
-        return x
-
-    async with app.worker(concurrency=100):
-        handles = [await echo.delay(i) for i in range(300)]
-        with anyio.fail_after(10):
-            assert await asyncio.gather(*handles) == list(range(300))
 
 
 async def test_settings_validate_names(redis_url: str) -> None:

@@ -251,3 +251,60 @@ def test_processes_supervisor_restarts_a_killed_child(
         assert supervisor.wait(timeout=20) == 0
     finally:
         reap(supervisor, log)
+
+
+SLOW_APP = """
+import os
+from aioqueue import AioQueue
+
+app = AioQueue("slowapp", broker=os.environ["CLI_REDIS_URL"], shutdown_timeout=10)
+
+@app.task(name="slowapp.work")
+async def work(seconds):
+    import asyncio
+    await asyncio.sleep(seconds)
+    return os.getpid()
+"""
+
+
+def test_a_signal_to_the_whole_process_group_drains_supervised_children(
+    project: tuple[Path, dict[str, str]]
+) -> None:
+    # Ctrl-C in a terminal and systemd's KillMode=control-group signal every process of the
+    # group: each child gets it directly and again from the supervisor. That must count as
+    # one signal (drain), not two (hand running tasks back at once). Review B10.
+    cwd, env = project
+    (cwd / "slowapp.py").write_text(SLOW_APP)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "aioqueue", "worker", "slowapp:app", "--processes", "2",
+         "-c", "1", "-l", "info"],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group, so killpg spares pytest
+    )
+    assert supervisor.stderr is not None
+    log = LineReader(supervisor.stderr)
+    try:
+        log.wait_for("consuming", 20)
+        log.wait_for("consuming", 20)
+        called = [run_cli(["call", "slowapp:app", "slowapp.work", "2.5"], cwd, env)
+                  for _ in range(2)]
+        ids = [c.stdout.split()[-1] for c in called]
+        log.wait_for("received", 20)
+        log.wait_for("received", 20)
+        os.killpg(supervisor.pid, signal.SIGTERM)
+        assert supervisor.wait(timeout=30) == 0
+        text = "".join(log.lines)
+        assert "handed back" not in text and "stopping now" not in text, text
+        check = subprocess.run(
+            [sys.executable, "-c",
+             "import asyncio, sys\n"
+             "from slowapp import app\n"
+             "async def main():\n"
+             "    for i in sys.argv[1:]:\n"
+             "        print((await app.AsyncResult(i).state()).value)\n"
+             "    await app.close()\n"
+             "asyncio.run(main())\n", *ids],
+            cwd=cwd, env=env, capture_output=True, text=True, timeout=30, check=False)
+        assert check.stdout.split() == ["SUCCESS", "SUCCESS"], check.stderr
+    finally:
+        reap(supervisor, log)

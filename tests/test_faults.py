@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -295,7 +296,7 @@ async def test_redis_restart_while_producing_and_consuming(tmp_path: Path) -> No
         duplicates = sum(n - 1 for n in runs.values() if n > 1)
         outage_lines = {name: [line for line in group.log(name).splitlines()
                                if "retrying with back-off" in line
-                               or "reachable again" in line]
+                               or "working again" in line]
                         for name in ("r1", "r2")}
         print(f"\n[redis restart] sent={len(sent)} (before outage {sent_before}) "
               f"completed={completed} lost={lost} failed_delays={failed} "
@@ -309,8 +310,17 @@ async def test_redis_restart_while_producing_and_consuming(tmp_path: Path) -> No
         assert failed > 0  # the outage was real
         assert slowest_failure < 1.0 + 1.5  # broker_connection_timeout, never a hang
         assert all(group.procs[n].poll() is None for n in ("r1", "r2"))
-        for lines in outage_lines.values():  # one line when it goes, one when it is back
-            assert len(lines) == 2 and "reachable again" in lines[1], lines
+        for lines in outage_lines.values():
+            # Each loop that failed says so once, and says once that it works again: no
+            # loop speaks for another (review B3: "reachable again" while settle failed).
+            def loops(marker: str, lines: list[str] = lines) -> list[str]:
+                return [re.search(r"worker \S+: ([^:]+):", line).group(1)  # type: ignore[union-attr]
+                        for line in lines if marker in line]
+
+            failed_loops = loops("retrying with back-off")
+            assert failed_loops, lines
+            assert sorted(failed_loops) == sorted(set(failed_loops)), lines
+            assert sorted(loops("working again")) == sorted(failed_loops), lines
     finally:
         group.close()
         await app.close()

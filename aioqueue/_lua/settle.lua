@@ -1,58 +1,138 @@
--- Settle a batch of finished deliveries in one atomic step: store results, wake waiting
--- producers, reschedule retries, hand messages back, dead-letter, and acknowledge.
--- One script call replaces 2-3 commands per task; being atomic, a crash can never leave a
--- message acknowledged without its result (or its retry) stored.
+-- Settle a batch of finished deliveries in one step: store results, reschedule retries,
+-- hand messages back, dead-letter, acknowledge, then wake the waiting producers.
+-- One script call replaces 2-3 commands per task, and a message is only acknowledged in
+-- the same step that stores its result, so a crash can never lose one.
 --
--- ARGV[1] = the consumer group. Then a flat list of operations, each an opcode and its
--- operands (key names travel in ARGV, so this script is for standalone Redis; a cluster
--- deployment would have to split batches per slot):
---   S key record ttl_ms                          SET the result record with a TTL
---   P key record                                 RPUSH the record to a reply list
---   X key ttl_ms                                 PEXPIRE a reply list and cap its length
---   Q stream payload                             XADD a message back to a stream now
---   Z delayed payload due                        ZADD a message to the delayed set
---   L dead payload reason failed_at origin cap   XADD to a dead-letter stream (capped)
---   A stream n id1 .. idn                        XACK + XDEL these entries
-local group = ARGV[1]
-local i = 2
-local n = #ARGV
-local REPLY_CAP = 100000
+-- Every key is declared in KEYS; operands name keys by their index in KEYS.
+-- ARGV[1] = consumer group, ARGV[2] = guard time to live (ms), ARGV[3] = reply list TTL
+-- (ms), ARGV[4] = reply list cap. Then one block per outcome:
+--   O stream_k id n       an outcome acknowledging entry `id` of KEYS[stream_k] (0: none),
+--                         followed by its n operations:
+--   S k record ttl_ms     SET the result record with a TTL
+--   Q k payload guard_k   XADD a message back to a stream now        (at most one of Q, Z, L
+--   Z k payload due guard_k  ZADD a message to the delayed set          per outcome)
+--   L k payload reason failed_at origin cap guard_k   XADD to a dead-letter stream, capped
+--   P k record            RPUSH the record to a reply list (after the acknowledgements)
+--
+-- Redis scripts are atomic but not all-or-nothing, so each operation runs under pcall: a
+-- failing operation fails only its own outcome (which is then not acknowledged) and the
+-- rest of the batch settles. Q, Z and L are not idempotent: each records a guard key (the
+-- delivery's own, under its queue's hash tag) so a batch replayed after a lost reply does
+-- not add the message twice.
+-- Returns {failures, reply_failures}: failures = {outcome number, error, ...}.
+local group, guard_ms, reply_ms, reply_cap = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local failures, reply_failures = {}, 0
+local acks, ack_order = {}, {}
+local replies, reply_keys = {}, {}
+
+local function failed(reply)
+  return type(reply) == 'table' and reply.err ~= nil
+end
+
+local function guarded(guard_k, action)
+  local guard = KEYS[tonumber(guard_k)]
+  if redis.call('EXISTS', guard) == 1 then
+    return 'done before'  -- a replay: already applied
+  end
+  local reply = action()
+  if failed(reply) then return reply end
+  return redis.pcall('SET', guard, '1', 'PX', guard_ms)
+end
+
+local i, n, outcome = 5, #ARGV, 0
 while i <= n do
-  local op = ARGV[i]
-  if op == 'S' then
-    redis.call('SET', ARGV[i + 1], ARGV[i + 2], 'PX', ARGV[i + 3])
-    i = i + 4
-  elseif op == 'P' then
-    redis.call('RPUSH', ARGV[i + 1], ARGV[i + 2])
-    i = i + 3
-  elseif op == 'X' then
-    redis.call('PEXPIRE', ARGV[i + 1], ARGV[i + 2])
-    -- A producer that never awaits its handles must not grow its reply list forever.
-    redis.call('LTRIM', ARGV[i + 1], -REPLY_CAP, -1)
-    i = i + 3
-  elseif op == 'Q' then
-    redis.call('XADD', ARGV[i + 1], '*', 'm', ARGV[i + 2])
-    i = i + 3
-  elseif op == 'Z' then
-    redis.call('ZADD', ARGV[i + 1], ARGV[i + 3], ARGV[i + 2])
-    i = i + 4
-  elseif op == 'L' then
-    redis.call('XADD', ARGV[i + 1], 'MAXLEN', '~', ARGV[i + 6], '*', 'm', ARGV[i + 2],
-      'reason', ARGV[i + 3], 'failed_at', ARGV[i + 4], 'origin', ARGV[i + 5])
-    i = i + 7
-  elseif op == 'A' then
-    local stream = ARGV[i + 1]
-    local count = tonumber(ARGV[i + 2])
-    local first = i + 3
-    -- In chunks: Lua's unpack() has a stack limit of a few thousand values.
-    for s = first, first + count - 1, 1000 do
-      local e = math.min(s + 999, first + count - 1)
-      redis.call('XACK', stream, group, unpack(ARGV, s, e))
-      redis.call('XDEL', stream, unpack(ARGV, s, e))
+  if ARGV[i] ~= 'O' then
+    return redis.error_reply('settle: malformed batch at argument ' .. i)
+  end
+  outcome = outcome + 1
+  local stream_k, id, ops = tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
+  i = i + 4
+  local err = nil
+  local pending_replies = {}
+  for _ = 1, ops do
+    local op = ARGV[i]
+    local key = KEYS[tonumber(ARGV[i + 1])]
+    local reply = nil
+    if op == 'S' then
+      if not err then reply = redis.pcall('SET', key, ARGV[i + 2], 'PX', ARGV[i + 3]) end
+      i = i + 4
+    elseif op == 'Q' then
+      local payload = ARGV[i + 2]
+      if not err then
+        reply = guarded(ARGV[i + 3], function()
+          return redis.pcall('XADD', key, '*', 'm', payload)
+        end)
+      end
+      i = i + 4
+    elseif op == 'Z' then
+      local payload, due = ARGV[i + 2], ARGV[i + 3]
+      if not err then
+        reply = guarded(ARGV[i + 4], function()
+          return redis.pcall('ZADD', key, due, payload)
+        end)
+      end
+      i = i + 5
+    elseif op == 'L' then
+      local a = i
+      if not err then
+        reply = guarded(ARGV[a + 7], function()
+          return redis.pcall('XADD', key, 'MAXLEN', '~', ARGV[a + 6], '*', 'm', ARGV[a + 2],
+            'reason', ARGV[a + 3], 'failed_at', ARGV[a + 4], 'origin', ARGV[a + 5])
+        end)
+      end
+      i = i + 8
+    elseif op == 'P' then
+      pending_replies[#pending_replies + 1] = {key, ARGV[i + 2]}
+      i = i + 3
+    else
+      return redis.error_reply('settle: unknown operation ' .. tostring(op))
     end
-    i = first + count
+    if not err and failed(reply) then err = reply.err end
+  end
+  if err then
+    failures[#failures + 1] = outcome
+    failures[#failures + 1] = err
   else
-    return redis.error_reply('settle: unknown operation ' .. tostring(op))
+    if stream_k > 0 then
+      local stream = KEYS[stream_k]
+      if not acks[stream] then
+        acks[stream] = {}
+        ack_order[#ack_order + 1] = stream
+      end
+      local ids = acks[stream]
+      ids[#ids + 1] = id
+    end
+    for _, r in ipairs(pending_replies) do
+      replies[#replies + 1] = r
+    end
   end
 end
-return 1
+
+for _, stream in ipairs(ack_order) do
+  local ids = acks[stream]
+  -- In chunks: Lua's unpack() has a stack limit of a few thousand values.
+  for s = 1, #ids, 1000 do
+    local e = math.min(s + 999, #ids)
+    -- pcall: when the group is gone (FLUSHDB, a restart without persistence) there is
+    -- nothing left to acknowledge, and the results above are stored all the same.
+    redis.pcall('XACK', stream, group, unpack(ids, s, e))
+    redis.pcall('XDEL', stream, unpack(ids, s, e))
+  end
+end
+
+-- Producers are woken last: a reply list that cannot take a push (a key of another type)
+-- costs only that notification; the producer's back-off re-read still finds the result.
+for _, r in ipairs(replies) do
+  local key = r[1]
+  if failed(redis.pcall('RPUSH', key, r[2])) then
+    reply_failures = reply_failures + 1
+  elseif not reply_keys[key] then
+    reply_keys[key] = true
+  end
+end
+for key in pairs(reply_keys) do
+  redis.pcall('PEXPIRE', key, reply_ms)
+  -- A producer that never awaits its handles must not grow its reply list forever.
+  redis.pcall('LTRIM', key, -reply_cap, -1)
+end
+return {failures, reply_failures}

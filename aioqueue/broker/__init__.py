@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from ..errors import ConfigurationError
-from .base import Broker, DeadLetter, Delivery, Enqueue, Outcome
+from ._url import redact_url
+from .base import Broker, DeadLetter, Delivery, Enqueue, Outcome, Revocations, SettleFailure
 
-__all__ = ("Broker", "DeadLetter", "Delivery", "Enqueue", "Outcome", "create_broker")
+__all__ = (
+    "Broker", "DeadLetter", "Delivery", "Enqueue", "Outcome", "Revocations", "SettleFailure",
+    "create_broker", "redact_url",
+)
 
 
 def create_broker(url: str, *, prefix: str, connect_timeout_s: float) -> Broker:
@@ -19,8 +23,6 @@ def create_broker(url: str, *, prefix: str, connect_timeout_s: float) -> Broker:
         from .redis import RedisBroker
 
         return RedisBroker(url, prefix=prefix, connect_timeout_s=connect_timeout_s)
-    from .redis import redact_url
-
     raise ConfigurationError(
         f"unsupported broker URL {redact_url(url)!r}: use redis://, rediss://, unix:// or memory://"
     )

@@ -8,39 +8,117 @@ concurrent callers share one socket: every command issued during one event-loop 
 goes out in a single write (automatic pipelining), and replies are matched to callers in
 order. Replies are parsed by hiredis, the C parser redis-py itself uses.
 
-It speaks just enough RESP2 for what the broker needs: AUTH, SELECT, plain commands and
-EVALSHA. Anything fancier (pub/sub, cluster) stays with redis-py. Blocking commands get a
-connection of their own, so they never stall the shared one.
+It speaks just enough RESP2 for what the broker needs: AUTH, SELECT, CLIENT SETNAME, plain
+commands and EVALSHA. Anything fancier (pub/sub, cluster) stays with redis-py. Blocking
+commands get a connection of their own, so they never stall the shared one.
+
+Invariant: a reply future is registered only together with the bytes of its command, on the
+socket those bytes go to. Anything that could break the pairing (an argument hiredis cannot
+pack, a reply nobody asked for, a stalled server) fails loudly instead, and a socket that
+may be out of step is closed, never reused. What the commands raise::
+
+    RespError               an error reply (-ERR, -WRONGTYPE ...); the connection is fine
+    RespArgumentError       (a ValueError) an argument cannot be sent; nothing was sent
+    ConnectionError         the socket failed or was closed; the command may or may not
+    │                       have run on the server
+    └── RespTimeoutError    no byte from the server for ``read_timeout_s`` while a reply was
+                            owed, or connect + handshake took over ``connect_timeout_s``
+    OSError                 connecting failed (DNS, TLS certificate checks, ...)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import ssl as ssl_module
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import hiredis
 
-__all__ = ("RespConnection", "RespError", "pack")
+__all__ = ("RespArgumentError", "RespConnection", "RespError", "RespTimeoutError", "pack")
+
+#: Kernel-level liveness for TCP sockets (Linux names; skipped where missing). The read
+#: watchdog runs only while a reply is owed; these also notice a peer that vanished while the
+#: socket was idle (keepalive: 15 s idle, then 3 probes 5 s apart) or while our bytes go
+#: unacknowledged (TCP_USER_TIMEOUT, ms), instead of the kernel's 2 h and ~15 min defaults.
+_TCP_OPTIONS = {"TCP_KEEPIDLE": 15, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3, "TCP_USER_TIMEOUT": 30000}
+_UNPACKABLE = (TypeError, ValueError, UnicodeEncodeError)
+
+
+#: Redis 6+'s answer to AUTH when it has no password configured: harmless.
+_NO_PASSWORD_SET = "called without any password configured"
 
 
 class RespError(Exception):
-    """The server answered with an error reply (``-ERR ...``)."""
+    """The server answered with an error reply (``-ERR ...``); the connection is fine."""
+
+
+class RespArgumentError(ValueError):
+    """A command cannot be encoded (hiredis takes only str, bytes, int, float, memoryview).
+
+    Raised before anything is sent or queued, so the connection stays in step. The message
+    names the command and the argument's position (0 is the command name) and type, never
+    its value, which may be a secret.
+    """
+
+
+class RespTimeoutError(ConnectionError):
+    """Redis sent nothing for too long while a reply was owed; the socket was closed.
+
+    A ``ConnectionError`` rather than the builtin ``TimeoutError`` on purpose: the socket is
+    gone and the command may have run, exactly as after a dropped connection, so callers
+    that retry on connection errors do the right thing; and ``TimeoutError`` stays reserved
+    for the caller's own deadlines (``asyncio.timeout``, ``anyio.fail_after``).
+    """
+
+
+def _discard(futures: Iterable[asyncio.Future[Any]]) -> None:
+    # Nobody will read these any more: cancel the unfinished, retrieve the errors of the
+    # rest, so none is logged as "exception was never retrieved".
+    for future in futures:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()
+
+
+def _argument_error(args: tuple[Any, ...], cause: Exception) -> RespArgumentError:
+    name = args[0] if isinstance(args[0], str | bytes) else "?"
+    name = name.decode(errors="replace") if isinstance(name, bytes) else name
+    what = str(cause)
+    for position, arg in enumerate(args):  # slow, but only on the way to an error
+        try:
+            hiredis.pack_command((arg,))
+        except UnicodeEncodeError as exc:  # the text would show part of the value
+            what = f"argument {position} is a str with no UTF-8 form (at index {exc.start})"
+            break
+        except _UNPACKABLE as exc:
+            what = f"argument {position} is a {type(arg).__name__} ({exc})"
+            break
+    return RespArgumentError(f"cannot send {name[:40]!r}: {what}")
 
 
 def pack(args: tuple[Any, ...]) -> bytes:
-    """One command in RESP2 wire format (hiredis's C packer)."""
-    packed: bytes = hiredis.pack_command(args)
+    """One command in RESP2 wire format (hiredis's C packer); raises ``RespArgumentError``."""
+    if not args:
+        # "*0\r\n" gets no reply from Redis: its future would take the next command's reply.
+        raise RespArgumentError("cannot send an empty command")
+    try:
+        packed: bytes = hiredis.pack_command(args)
+    except _UNPACKABLE as exc:
+        raise _argument_error(args, exc) from None
     return packed
 
 
 class _Protocol(asyncio.Protocol):
-    """Matches replies to waiting futures, in order."""
+    """Matches replies to waiting futures, in order; fails them all when the socket goes."""
 
-    def __init__(self) -> None:
+    def __init__(self, read_timeout_s: float | None) -> None:
+        self.loop = asyncio.get_running_loop()
         self.reader = hiredis.Reader()
         self.waiting: deque[asyncio.Future[Any]] = deque()
         #: Commands not yet written; flushed once per loop iteration.
@@ -48,27 +126,45 @@ class _Protocol(asyncio.Protocol):
         self.flush_scheduled = False
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
-        self.closed = asyncio.get_running_loop().create_future()
+        self.closed = self.loop.create_future()
+        self.read_timeout_s = read_timeout_s
+        #: Loop time of the last byte received, or of the first command sent on an idle socket.
+        self.last_progress = 0.0
+        #: Bytes the transport still held at the last watchdog check.
+        self.unsent = 0
+        self.watchdog: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # A half-open connection (a server host that vanished) is noticed by the kernel
-            # instead of leaving callers waiting for replies that never come.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for name, value in _TCP_OPTIONS.items():
+                if hasattr(socket, name):
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
     def data_received(self, data: bytes) -> None:
+        if self.lost is not None:
+            return  # already failed and aborted: these bytes belong to nobody
+        self.last_progress = self.loop.time()
         self.reader.feed(data)
         waiting = self.waiting
         while True:
-            reply = self.reader.gets()
+            try:
+                reply = self.reader.gets()
+            except hiredis.ProtocolError as exc:
+                self.abort(ConnectionError(f"unparseable data from Redis: {exc}"))
+                return
             if reply is False:
                 return
-            if not waiting:  # cannot happen with a well-behaved server; never crash on it
-                continue
+            if not waiting:
+                # Never happens with a well-behaved server; if it does, which reply belongs
+                # to whom is unknowable, so stop rather than hand out wrong replies.
+                self.abort(ConnectionError("Redis sent a reply nobody asked for"))
+                return
             future = waiting.popleft()
             if future.done():
                 continue  # the caller gave up (cancelled); the reply still had to be read
@@ -77,26 +173,114 @@ class _Protocol(asyncio.Protocol):
             else:
                 future.set_result(reply)
 
+    def send(self, data: bytes, futures: Iterable[asyncio.Future[Any]]) -> None:
+        """Queue a command's bytes together with its reply futures."""
+        waiting = self.waiting
+        if not waiting:
+            self.start_waiting()
+            waiting.extend(futures)
+            # Nothing in flight: a lone caller (a plain ``await delay()`` loop) goes out at
+            # once rather than one loop iteration later.
+            self.write(data)
+            return
+        waiting.extend(futures)
+        self.out.append(data)
+        if not self.flush_scheduled:
+            # Everything sent during this loop iteration leaves in one write.
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
     def flush(self) -> None:
         self.flush_scheduled = False
-        if not self.out or self.transport is None or self.lost is not None:
+        out = self.out
+        if not out or self.lost is not None:
             return
-        data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
-        self.out.clear()
-        self.transport.write(data)
+        data = b"".join(out) if len(out) > 1 else out[0]
+        out.clear()
+        self.write(data)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = exc or ConnectionResetError("connection closed by the server")
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        try:
+            self.transport.write(data)
+        except RuntimeError as exc:  # uvloop: the handle closed before connection_lost ran
+            self.abort(ConnectionResetError(f"connection closed: {exc}"))
+
+    # -- the read watchdog -------------------------------------------------------------------
+    # No timer per command: one timer per connection, armed only while replies are owed,
+    # re-armed at most once per ``read_timeout_s``. The hot path only stores a clock reading.
+    def start_waiting(self) -> None:
+        """The socket had nothing in flight and a command is going out: start the clock."""
+        self.last_progress = now = self.loop.time()
+        if self.watchdog is None and self.read_timeout_s is not None:
+            self.watchdog = self.loop.call_at(now + self.read_timeout_s, self._check_progress)
+
+    def _check_progress(self) -> None:
+        self.watchdog = None
+        timeout = self.read_timeout_s
+        if not self.waiting or self.lost is not None or timeout is None:
+            return  # idle again: the next command re-arms
+        now = self.loop.time()
+        # A command bigger than the socket buffers may still be leaving, and Redis cannot
+        # answer before it has it all: a backlog seen for the first time, or smaller than at
+        # the last check, counts as progress. One that does not shrink is a stall.
+        unsent = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        if unsent and (not self.unsent or unsent < self.unsent):
+            self.last_progress = now
+        self.unsent = unsent
+        deadline = self.last_progress + timeout
+        if now >= deadline:
+            self.abort(RespTimeoutError(f"no reply from Redis in {timeout:g} s"))
+        else:
+            self.watchdog = self.loop.call_at(deadline, self._check_progress)
+
+    # -- the end -----------------------------------------------------------------------------
+    def _fail_waiting(self) -> None:
+        lost = self.lost
+        timed_out = isinstance(lost, RespTimeoutError)
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
-                future.set_exception(ConnectionError(str(self.lost)))
+                error = RespTimeoutError if timed_out else ConnectionError
+                future.set_exception(error(str(lost)))
+        self.out.clear()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+
+    def abort(self, exc: Exception, *, graceful: bool = False) -> None:
+        """Fail every waiter with ``exc`` and close the socket (``graceful``: after the
+        transport's buffer drains; otherwise at once). A closed socket is never reused."""
+        if self.lost is None:
+            self.lost = exc
+        self._fail_waiting()
+        if self.transport is not None:
+            self.transport.close() if graceful else self.transport.abort()
+
+    def eof_received(self) -> None:
+        # Mark it lost now: between here and connection_lost no caller may pick this socket.
+        if self.lost is None:
+            self.lost = ConnectionResetError("connection closed by the server")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost is None:
+            self.lost = exc or ConnectionResetError("connection closed by the server")
+        self._fail_waiting()
         if not self.closed.done():
             self.closed.set_result(None)
 
 
 class RespConnection:
-    """One socket to Redis, shared by every caller on the loop; reconnects on demand."""
+    """One socket to Redis, shared by every caller on the loop; reconnects on demand.
+
+    :param connect_timeout_s: bound on connecting plus the handshake (AUTH, SELECT,
+        CLIENT SETNAME); past it the call raises ``RespTimeoutError`` and the socket closes.
+    :param read_timeout_s: while any reply is owed, the longest Redis may send nothing at
+        all; past it every waiting command fails with ``RespTimeoutError`` and the socket
+        is closed. ``None`` disables it. A connection for blocking commands (``BLOCK``,
+        ``BLMPOP``) must allow their longest block on top. The default is only a backstop.
+    :param client_name: sent as ``CLIENT SETNAME`` in the handshake (shows in CLIENT LIST).
+    """
 
     def __init__(
         self,
@@ -109,13 +293,27 @@ class RespConnection:
         password: str | None = None,
         db: int = 0,
         connect_timeout_s: float = 5.0,
+        read_timeout_s: float | None = 30.0,
+        client_name: str | None = None,
     ) -> None:
+        if read_timeout_s is not None and not read_timeout_s > 0:
+            raise ValueError(f"read_timeout_s must be > 0 or None, not {read_timeout_s!r}")
         self._target = (host, port, path, ssl)
-        self._auth = (username, password)
-        self._db = db
         self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        handshake: list[tuple[Any, ...]] = []
+        if password is not None:
+            handshake.append(
+                ("AUTH", password) if username is None else ("AUTH", username, password)
+            )
+        if db:
+            handshake.append(("SELECT", db))
+        if client_name is not None:
+            handshake.append(("CLIENT", "SETNAME", client_name))
+        # Packed once here, so a bad setting fails at construction rather than at each connect.
+        self._handshake = [(command[0], pack(command)) for command in handshake]
         self._protocol: _Protocol | None = None
-        self._connecting: asyncio.Future[_Protocol] | None = None
+        self._connecting: asyncio.Task[_Protocol] | None = None
 
     @property
     def connected(self) -> bool:
@@ -126,88 +324,130 @@ class RespConnection:
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         host, port, path, ssl = self._target
-        async with asyncio.timeout(self._connect_timeout_s):
-            if path is not None:
-                _, protocol = await loop.create_unix_connection(_Protocol, path)
-            else:
-                _, protocol = await loop.create_connection(_Protocol, host, port, ssl=ssl)
-            username, password = self._auth
-            handshake: list[tuple[Any, ...]] = []
-            if password is not None:
-                handshake.append(("AUTH", password) if username is None
-                                 else ("AUTH", username, password))
-            if self._db:
-                handshake.append(("SELECT", self._db))
-            for command in handshake:
-                future = loop.create_future()
-                protocol.waiting.append(future)
-                assert protocol.transport is not None
-                protocol.transport.write(pack(command))
-                await future
+        factory = functools.partial(_Protocol, self._read_timeout_s)
+        protocol: _Protocol | None = None
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                if path is not None:
+                    _, protocol = await loop.create_unix_connection(factory, path)
+                else:
+                    _, protocol = await loop.create_connection(factory, host, port, ssl=ssl)
+                if self._handshake:
+                    await self._shake_hands(protocol)
+        except BaseException as exc:
+            # Whatever went wrong (AUTH refused, a timeout, a cancel), this socket is ours
+            # to close: Redis keeps a connection open after a failed AUTH.
+            if protocol is not None:
+                protocol.abort(ConnectionError("connecting to Redis failed"))
+            if isinstance(exc, TimeoutError):
+                raise RespTimeoutError(
+                    f"connecting to Redis took over {self._connect_timeout_s:g} s"
+                ) from exc
+            raise
         return protocol
+
+    async def _shake_hands(self, protocol: _Protocol) -> None:
+        futures = [protocol.loop.create_future() for _ in self._handshake]
+        protocol.waiting.extend(futures)
+        protocol.write(b"".join(data for _, data in self._handshake))
+        try:
+            await asyncio.wait(futures)
+        except BaseException:
+            _discard(futures)
+            raise
+        errors = [future.exception() for future in futures]  # retrieves every one
+        for (name, _), exc in zip(self._handshake, errors, strict=True):
+            if exc is not None and name == "AUTH" and _NO_PASSWORD_SET in str(exc):
+                # A password given to a server that has none: it accepts us anyway (as
+                # redis-py's connections do, and as Redis before 6 did silently).
+                continue
+            if exc is not None:
+                # Keep the server's text first: callers match on it ("LOADING", "WRONGPASS").
+                exc.add_note(f"while connecting to Redis ({name})")
+                raise exc
+
+    def _connected(self, task: asyncio.Task[_Protocol]) -> None:
+        # Runs when a connect attempt ends, whether or not anyone still waits for it: so a
+        # connect whose callers were all cancelled still lands in ``_protocol`` (where its
+        # liveness is checked) and its error is retrieved, not logged as never retrieved.
+        current = self._connecting is task
+        if current:
+            self._connecting = None
+        if task.cancelled() or task.exception() is not None:
+            return
+        if current:
+            self._protocol = task.result()
+        else:
+            # close() ran while this connect was finishing.
+            task.result().abort(ConnectionError("connection closed by the client"))
 
     async def _ready(self) -> _Protocol:
         protocol = self._protocol
         if protocol is not None and protocol.lost is None:
             return protocol
-        # One connect attempt at a time; concurrent callers wait for the same one.
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._open())
+        # One connect attempt at a time; concurrent callers wait for the same one, and a
+        # caller cancelled meanwhile does not cancel it for the others.
         connecting = self._connecting
+        if connecting is None:
+            connecting = self._connecting = asyncio.get_running_loop().create_task(self._open())
+            connecting.add_done_callback(self._connected)
         try:
             protocol = await asyncio.shield(connecting)
-        except BaseException:
-            if connecting.done():
-                self._connecting = None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if connecting.cancelled() and task is not None and not task.cancelling():
+                # close() stopped the connect; this caller was not cancelled itself.
+                raise ConnectionError("connection closed while connecting") from None
             raise
-        self._connecting = None
-        self._protocol = protocol
+        if protocol.lost is not None:
+            raise ConnectionError(f"connection to Redis lost: {protocol.lost}")
         return protocol
 
     async def execute(self, *args: Any) -> Any:
-        """Send one command and return its reply; raises ``RespError`` or ``ConnectionError``."""
+        """Send one command and return its reply.
+
+        Raises ``RespError`` (error reply), ``RespArgumentError`` (nothing sent),
+        ``ConnectionError``/``RespTimeoutError`` or ``OSError`` (see the module docstring).
+        """
+        data = pack(args)  # before anything is queued: a refused argument changes nothing
         protocol = self._protocol
         if protocol is None or protocol.lost is not None:
             protocol = await self._ready()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        # The reply queue and the write buffer belong to one socket: a command and its
-        # future always travel together, even across a reconnect.
-        idle = not protocol.waiting
-        protocol.waiting.append(future)
-        if idle and protocol.transport is not None:
-            # Nothing in flight: a lone caller (a plain ``await delay()`` loop) goes out at
-            # once rather than one loop iteration later.
-            protocol.transport.write(pack(args))
-        else:
-            protocol.out.append(pack(args))
-            if not protocol.flush_scheduled:
-                # Everything sent during this loop iteration leaves in one write.
-                protocol.flush_scheduled = True
-                loop.call_soon(protocol.flush)
+        future: asyncio.Future[Any] = protocol.loop.create_future()
+        protocol.send(data, (future,))
         return await future
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send many commands in one write and return their replies, in order.
 
         Cheaper than gathering ``execute`` calls: one future per command and no task each.
-        The first error reply is raised after every reply has arrived.
+        The first error reply is raised after every reply has arrived. A command that
+        cannot be packed raises ``RespArgumentError`` and none of them is sent.
         """
         if not commands:
             return []
+        packed: list[bytes] = []
+        for index, command in enumerate(commands):
+            try:
+                packed.append(pack(command if type(command) is tuple else tuple(command)))
+            except RespArgumentError as exc:
+                raise RespArgumentError(f"command {index} of {len(commands)}: {exc}") from None
         protocol = self._protocol
         if protocol is None or protocol.lost is not None:
             protocol = await self._ready()
-        loop = asyncio.get_running_loop()
+        loop = protocol.loop
         futures = [loop.create_future() for _ in commands]
-        protocol.waiting.extend(futures)
-        protocol.out.append(b"".join(pack(command) for command in commands))
-        if not protocol.flush_scheduled:
-            protocol.flush_scheduled = True
-            loop.call_soon(protocol.flush)
-        # Replies arrive in order: when the last one is in, so are all the others.
-        with contextlib.suppress(RespError):
-            await futures[-1]
+        protocol.send(b"".join(packed), futures)
+        try:
+            # Replies arrive in order: when the last one is in, so are all the others.
+            with contextlib.suppress(RespError):
+                await futures[-1]
+        except BaseException:
+            _discard(futures)  # replies of cancelled futures are read and skipped
+            raise
+        for error in [future.exception() for future in futures]:  # retrieves every one
+            if error is not None:
+                raise error
         return [future.result() for future in futures]
 
     async def evalsha(self, script: str, sha: str, keys: list[Any], args: list[Any]) -> Any:
@@ -225,11 +465,15 @@ class RespConnection:
         return int(await self.execute("CLIENT", "ID"))
 
     async def close(self) -> None:
-        """Close the socket; pending commands fail with ``ConnectionError``."""
-        if self._connecting is not None:
-            self._connecting.cancel()
-            self._connecting = None
+        """Close the socket; pending commands fail with ``ConnectionError``.
+
+        Not final: a later command opens a new socket.
+        """
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.cancel()
+            await asyncio.wait((connecting,))  # its socket is closed once it has ended
         protocol, self._protocol = self._protocol, None
-        if protocol is not None and protocol.transport is not None:
-            protocol.transport.close()
+        if protocol is not None:
+            protocol.abort(ConnectionError("connection closed by the client"), graceful=True)
             await asyncio.shield(protocol.closed)

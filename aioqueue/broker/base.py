@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ("Broker", "DeadLetter", "Delivery", "Enqueue", "Outcome")
+__all__ = ("Broker", "DeadLetter", "Delivery", "Enqueue", "Outcome", "Revocations", "SettleFailure")
 
 
 @dataclass(slots=True)
@@ -70,6 +70,29 @@ class DeadLetter:
     failed_at: float
 
 
+@dataclass(slots=True)
+class SettleFailure:
+    """An outcome of a settle batch that could not be applied (the rest were)."""
+
+    #: Its position in the batch.
+    index: int
+    #: What the broker said, e.g. ``OOM command not allowed ...`` or ``WRONGTYPE ...``.
+    error: str
+
+    @property
+    def transient(self) -> bool:
+        """True when trying again later may work (the server is out of memory, loading)."""
+        return self.error.startswith(("OOM", "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN"))
+
+
+@dataclass(slots=True)
+class Revocations:
+    """Task ids revoked and not yet expired; ``terminate`` ones are cancelled where they run."""
+
+    revoked: set[str]
+    terminate: set[str]
+
+
 class Broker(Protocol):
     """Storage for messages, results, control and schedules."""
 
@@ -110,12 +133,21 @@ class Broker(Protocol):
         """Take over up to ``count`` messages left unacknowledged for ``idle_s`` or longer."""
         ...
 
-    async def keep_claimed(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
-        """Tell the broker these running messages are alive (resets their idle time)."""
+    async def keep_claimed(self, consumer: str, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """Tell the broker these running messages are alive (resets their idle time).
+
+        Only messages ``consumer`` still owns are kept; returns the others (taken over by
+        another worker meanwhile, or already settled). Never claims them back.
+        """
         ...
 
-    async def settle(self, outcomes: Sequence[Outcome]) -> None:
-        """Apply outcomes atomically, in one round trip."""
+    async def settle(self, outcomes: Sequence[Outcome]) -> list[SettleFailure]:
+        """Apply outcomes in one round trip; returns those that could not be applied.
+
+        Each outcome is applied whole or its delivery is left unacknowledged; one failing
+        outcome never stops the others. Replaying a batch (after a lost reply) does not
+        hand back, reschedule or dead-letter a message twice.
+        """
         ...
 
     async def move_due(self, queues: Sequence[str], now: float) -> int:
@@ -124,6 +156,10 @@ class Broker(Protocol):
 
     async def forget_consumer(self, queues: Sequence[str], consumer: str) -> None:
         """Remove a stopped consumer that holds no messages."""
+        ...
+
+    async def prune_consumers(self, queues: Sequence[str], consumer: str, idle_s: float) -> int:
+        """Remove other consumers idle for ``idle_s`` that hold no messages (dead workers)."""
         ...
 
     # -- results ---------------------------------------------------------------------------
@@ -152,16 +188,29 @@ class Broker(Protocol):
         ...
 
     # -- control ---------------------------------------------------------------------------
-    async def revoke(self, task_id: str, until: float, control: bytes) -> None:
-        """Remember ``task_id`` as revoked until ``until`` and broadcast ``control``."""
+    async def revoke(
+        self, task_id: str, until: float, control: bytes, *, terminate: bool = False,
+        record: bytes | None = None, expected: bytes | None = None, ttl_s: float = 0.0,
+    ) -> bool:
+        """Remember ``task_id`` as revoked (and to ``terminate``) until ``until``, and
+        broadcast ``control``.
+
+        With ``record``, also store it as the task's result for ``ttl_s``, but only if the
+        stored record is still ``expected`` (None: nothing stored); otherwise do nothing
+        and return False, so the caller can read again (compare and set).
+        """
         ...
 
-    async def revoked_ids(self, now: float) -> set[str]:
-        """Task ids revoked and not yet expired."""
+    async def revocations(self, now: float) -> Revocations:
+        """Task ids revoked, and to terminate, not yet expired."""
         ...
 
     def control_messages(self) -> AsyncIterator[bytes]:
-        """Broadcast control messages, as they arrive (ends when the broker closes)."""
+        """Broadcast control messages, as they arrive (ends when the broker closes).
+
+        Yields one empty message first, once subscribed: broadcasts sent before it were
+        missed, so the caller re-reads durable state (revocations) then.
+        """
         ...
 
     async def queue_sizes(self, queues: Sequence[str]) -> dict[str, tuple[int, int, int]]:

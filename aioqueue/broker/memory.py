@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .base import DeadLetter, Delivery, Enqueue, Outcome
+from .base import DeadLetter, Delivery, Enqueue, Outcome, Revocations, SettleFailure
 
 __all__ = ("MemoryBroker",)
+
+#: As long as the Redis broker keeps its settle guards.
+SETTLE_GUARD_TTL_S = 3600.0
 
 
 @dataclass
@@ -49,6 +52,9 @@ class MemoryBroker:
         self._results: dict[str, tuple[bytes, float]] = {}
         self._replies: defaultdict[str, deque[bytes]] = defaultdict(deque)
         self._revoked: dict[str, float] = {}
+        self._terminate: dict[str, float] = {}
+        #: (queue, message id) -> until when a replayed hand-back/retry/dead letter is ignored.
+        self._guards: dict[tuple[str, str], float] = {}
         self._subscribers: list[MemoryObjectSendStream[bytes]] = []
         self._changed = anyio.Event()
         self._interrupted = False
@@ -139,29 +145,43 @@ class MemoryBroker:
                     out.append(Delivery(name, entry_id, p.payload, p.deliveries))
         return out
 
-    async def keep_claimed(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
+    async def keep_claimed(self, consumer: str, deliveries: Sequence[Delivery]) -> list[Delivery]:
         now = time.monotonic()
+        lost: list[Delivery] = []
         for d in deliveries:
             p = self._queues[d.queue].pending.get(d.message_id)
-            if p is not None:
-                p.consumer, p.delivered_at = consumer, now
+            if p is not None and p.consumer == consumer:
+                p.delivered_at = now
+            else:
+                lost.append(d)
+        return lost
 
-    async def settle(self, outcomes: Sequence[Outcome]) -> None:
+    async def settle(self, outcomes: Sequence[Outcome]) -> list[SettleFailure]:
         now = time.time()
+        if len(self._guards) > 10_000:
+            self._guards = {k: until for k, until in self._guards.items() if until > now}
         for o in outcomes:
             if o.record is not None and o.task_id is not None:
                 self._results[o.task_id] = (o.record, now + o.result_ttl_s)
                 if o.reply_to is not None:
                     self._replies[o.reply_to].append(o.record)
-            if o.requeue is not None:
-                self._add(o.requeue)
             d = o.delivery
+            # As the Redis broker's guards: a replayed outcome never hands back, reschedules
+            # or dead-letters its delivery twice.
+            guard = None if d is None else (d.queue, d.message_id)
+            first = guard is None or self._guards.get(guard, 0.0) <= now
+            if guard is not None and (o.requeue is not None or o.dead_reason is not None):
+                self._guards[guard] = now + SETTLE_GUARD_TTL_S
+            if o.requeue is not None and first:
+                self._add(o.requeue)
             if d is not None:
                 q = self._queues[d.queue]
-                if q.pending.pop(d.message_id, None) is not None and o.dead_reason is not None:
+                q.pending.pop(d.message_id, None)
+                if o.dead_reason is not None and first:
                     entry_id = self._new_id()
                     q.dead[entry_id] = DeadLetter(d.queue, entry_id, d.payload, o.dead_reason, now)
         self._notify()
+        return []  # nothing here can refuse a write
 
     async def move_due(self, queues: Sequence[str], now: float) -> int:
         moved = 0
@@ -177,6 +197,9 @@ class MemoryBroker:
 
     async def forget_consumer(self, queues: Sequence[str], consumer: str) -> None:
         return None  # consumers are not tracked apart from their pending entries
+
+    async def prune_consumers(self, queues: Sequence[str], consumer: str, idle_s: float) -> int:
+        return 0  # likewise: nothing to prune
 
     async def get_result(self, task_id: str) -> bytes | None:
         found = self._results.get(task_id)
@@ -215,22 +238,34 @@ class MemoryBroker:
         self._replies_interrupted = True
         self._notify()
 
-    async def revoke(self, task_id: str, until: float, control: bytes) -> None:
+    async def revoke(
+        self, task_id: str, until: float, control: bytes, *, terminate: bool = False,
+        record: bytes | None = None, expected: bytes | None = None, ttl_s: float = 0.0,
+    ) -> bool:
+        if record is not None:
+            if await self.get_result(task_id) != expected:
+                return False
+            await self.set_result(task_id, record, ttl_s)
         self._revoked[task_id] = until
+        if terminate:
+            self._terminate[task_id] = until
         for send in list(self._subscribers):
             try:
                 send.send_nowait(control)
             except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
                 self._subscribers.remove(send)
+        return True
 
-    async def revoked_ids(self, now: float) -> set[str]:
+    async def revocations(self, now: float) -> Revocations:
         self._revoked = {k: v for k, v in self._revoked.items() if v > now}
-        return set(self._revoked)
+        self._terminate = {k: v for k, v in self._terminate.items() if v > now}
+        return Revocations(revoked=set(self._revoked), terminate=set(self._terminate))
 
     async def control_messages(self) -> AsyncIterator[bytes]:
         send, receive = anyio.create_memory_object_stream[bytes](1000)
         self._subscribers.append(send)
         async with receive:
+            yield b""  # subscribed
             async for message in receive:
                 yield message
 

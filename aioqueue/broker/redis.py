@@ -1,51 +1,45 @@
 """The Redis broker: streams for queues, sorted sets for delays, strings for results.
 
-The only module that imports ``redis``. Redis errors are wrapped here, at the boundary:
-connection failures become :class:`BrokerConnectionError` naming the URL (never its
-password) after a bounded wait, so a producer calling ``delay`` while Redis is down gets a
-clear error instead of hanging.
+The only module that talks to Redis. Every data-path command (enqueue, fetch, reclaim,
+heartbeat, settle, results, control state, dead letters, beat) runs on the lean
+auto-pipelining connection of ``_resp.py``: one client, one reading of the URL, one timeout
+model, one error taxonomy. Only pub/sub (remote control broadcasts) uses redis-py, built from
+the same parsed URL.
+
+Errors are wrapped here, at the boundary: connection failures (and replies that mean "not
+now", such as ``LOADING``) are retried with back-off up to ``broker_connection_timeout``,
+then raised as :class:`BrokerConnectionError` naming the URL (never its password); a refusal
+is a :class:`BrokerError`.
 
 Blocking reads (``XREADGROUP ... BLOCK``, ``BLMPOP``) each run on a dedicated connection and
-are never cancelled mid-call: a cancelled read may already have been served, and cancelled
-redis-py commands have corrupted connections before (redis-py #2665). To stop one early we
-send ``CLIENT UNBLOCK`` from another connection, which makes the server answer "nothing".
+are never cancelled mid-call: a cancelled read may already have been served. To stop one
+early we send ``CLIENT UNBLOCK`` from another connection, which makes the server answer
+"nothing".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import ssl
+import re
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
-from redis.asyncio.connection import parse_url
 
 from .._keys import CONSUMER_GROUP, Keys
-from .._lua import load as load_lua
-from ..errors import BrokerConnectionError, BrokerError
-from ._resp import RespConnection, RespError
-from .base import DeadLetter, Delivery, Enqueue, Outcome
+from .._lua import Script, script
+from ..errors import BrokerConnectionError, BrokerError, SerializationError
+from ._resp import RespArgumentError, RespConnection, RespError
+from ._url import RedisTarget, parse_redis_url
+from .base import DeadLetter, Delivery, Enqueue, Outcome, Revocations, SettleFailure
 
-__all__ = ("RedisBroker", "redact_url")
-
-
-def _field(fields: list[bytes] | None, name: bytes) -> bytes:
-    """A field of a stream entry given as [name, value, ...] (empty if missing)."""
-    if fields:
-        for index in range(0, len(fields) - 1, 2):
-            if fields[index] == name:
-                return fields[index + 1]
-    return b""
+__all__ = ("MIN_REDIS_VERSION", "RedisBroker")
 
 log = logging.getLogger("aioqueue.broker")
 T = TypeVar("T")
@@ -54,46 +48,44 @@ _CONNECTION_ERRORS = (
     redis_errors.ConnectionError, redis_errors.TimeoutError, ConnectionError, TimeoutError, OSError
 )
 #: Error replies that mean "not now" rather than "no" (redis-py retries these too).
-_TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN")
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN")
 #: Dead-letter streams are capped so a flood of poison messages cannot fill Redis.
 DEAD_LETTER_MAXLEN = 100_000
+#: XPENDING IDLE and LPOP with a count need 6.2; BLMPOP (7.0) has a fallback for 6.2.
+MIN_REDIS_VERSION = (6, 2)
+#: A reply list is read at once by a listening producer; kept only this long for one
+#: that is not listening (fire-and-forget senders, a process that exited), and capped.
+REPLY_TTL_S = 300.0
+REPLY_CAP = 100_000
+#: Settle guards (see settle.lua) only need to outlive a replay of the same batch.
+SETTLE_GUARD_TTL_S = 3600.0
 _MOVE_BATCH = 1000
+_REQUEUE_BATCH = 10_000
+_ENTRY_ID = re.compile(r"\d+(-\d+)?")
+
+_FETCH, _RECLAIM, _KEEP, _SETTLE = (script(n) for n in ("fetch", "reclaim", "keep_claimed",
+                                                         "settle"))
+_MOVE_DUE, _PRUNE, _REVOKE = script("move_due"), script("prune_consumers"), script("revoke")
+_LEASE, _RELEASE, _REQUEUE = script("lease"), script("release"), script("requeue_dead")
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+def _fields(flat: list[bytes] | None) -> dict[bytes, bytes]:
+    """A stream entry's or a hash's flat [name, value, ...] reply as a dict."""
+    if not flat:
+        return {}
+    return dict(zip(flat[::2], flat[1::2], strict=False))
 
 
-def _resp_options(url: str, connect_timeout_s: float) -> dict[str, Any]:
-    """Connection settings for the lean hot-path connection, parsed as redis-py parses them."""
-    parsed = parse_url(url)
-    options: dict[str, Any] = {
-        "host": parsed.get("host", "localhost"),
-        "port": int(parsed.get("port", 6379)),
-        "path": parsed.get("path"),
-        "username": parsed.get("username"),
-        "password": parsed.get("password"),
-        "db": int(parsed.get("db", 0) or 0),
-        "connect_timeout_s": connect_timeout_s,
-    }
-    if url.lower().startswith("rediss://"):
-        options["ssl"] = ssl.create_default_context()
-    return options
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
 
 
 class _Blocking:
     """A dedicated connection for one blocking command, unblockable from another one."""
 
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.conn = RespConnection(**options)
+    def __init__(self, target: RedisTarget, block_s: float) -> None:
+        # The read timeout covers the server-side block plus the usual allowance.
+        self.conn = RespConnection(**target.resp_options(extra_read_timeout_s=block_s))
         self.client_id: int | None = None
         self.busy = False
 
@@ -131,34 +123,34 @@ class RedisBroker:
         max_block_s: float = 2.0,
     ) -> None:
         self.url = url
-        self.display_url = redact_url(url)
+        self.target = parse_redis_url(url, connect_timeout_s=min(connect_timeout_s, 5.0),
+                                      read_timeout_s=connect_timeout_s)
+        self.display_url = self.target.display_url
         self.keys = Keys(prefix)
         #: How long a producer's command retries while Redis is unreachable.
         self.connect_timeout_s = connect_timeout_s
         self._max_block_s = max_block_s
-        # Typed as Any on purpose: redis-py's stubs type replies as ``bytes | str`` whatever
-        # ``decode_responses`` says; ours is always False, so replies are bytes.
-        self._client: Any = aioredis.Redis.from_url(
-            url, socket_connect_timeout=min(connect_timeout_s, 5.0)
-        )
-        # The hot path (enqueue, fetch, settle, results) runs on lean connections: see _resp.py.
-        options = _resp_options(url, min(connect_timeout_s, 5.0))
-        self._hot = RespConnection(**options)
-        self._fetch = _Blocking(options)
-        self._replies = _Blocking(options)
-        self._settle_lua = load_lua("settle")
-        self._settle_sha = hashlib.sha1(self._settle_lua.encode()).hexdigest()
-        self._move_due_lua = load_lua("move_due")
-        self._move_due_sha = hashlib.sha1(self._move_due_lua.encode()).hexdigest()
-        self._lease = self._client.register_script(load_lua("lease"))
-        self._release = self._client.register_script(load_lua("release"))
-        self._requeue_dead = self._client.register_script(load_lua("requeue_dead"))
+        self._hot = RespConnection(**self.target.resp_options())
+        self._fetch = _Blocking(self.target, max_block_s)
+        self._replies = _Blocking(self.target, max_block_s)
+        # Pub/sub only; typed as Any because redis-py's stubs type replies as bytes | str.
+        self._pubsub_client: Any = None
         self._known_groups: set[str] = set()
+        self._checked_server = False
+        #: False on a server without BLMPOP (found at the first wait): BLPOP + LPOP instead.
+        self._blmpop = True
         self._closed = False
 
     # -- plumbing --------------------------------------------------------------------------
+    def _refused(self, what: str, exc: BaseException) -> BrokerError:
+        if "NOGROUP" in str(exc):
+            # The stream vanished (Redis restarted without persistence, or FLUSHDB).
+            self._known_groups.clear()
+        return BrokerError(f"Redis at {self.display_url} refused {what}: {exc}")
+
     async def _call(
-        self, op: Callable[[], Awaitable[T]], *, deadline_s: float | None = None
+        self, op: Callable[[], Awaitable[T]], *, what: str = "a command",
+        deadline_s: float | None = None,
     ) -> T:
         """Run ``op``, retrying with back-off while Redis is unreachable, up to a deadline."""
         limit = self.connect_timeout_s if deadline_s is None else deadline_s
@@ -173,6 +165,8 @@ class RedisBroker:
                         # A restarting server: as good as unreachable for now, so wait.
                         raise ConnectionError(str(exc)) from exc
                     raise
+            except RespArgumentError as exc:
+                raise SerializationError(f"cannot send {what} to Redis: {exc}") from exc
             except _CONNECTION_ERRORS as exc:
                 remaining = give_up_at - time.monotonic()
                 if self._closed or remaining <= 0:
@@ -181,14 +175,49 @@ class RedisBroker:
                     ) from exc
                 await anyio.sleep(min(delay, remaining))
                 delay = min(delay * 2, 1.0)
-            except (redis_errors.ResponseError, RespError) as exc:
-                if "NOGROUP" in str(exc):
-                    # The stream vanished (Redis restarted without persistence, or FLUSHDB).
-                    self._known_groups.clear()
-                raise BrokerError(f"Redis at {self.display_url} refused a command: {exc}") from exc
+            except RespError as exc:
+                raise self._refused(what, exc) from exc
+
+    async def _run(self, *command: Any) -> Any:
+        """One command on the shared connection, through the retrying wrapper."""
+        hot = self._hot
+        return await self._call(lambda: hot.execute(*command), what=str(command[0]))
+
+    async def _eval(self, lua: Script, keys: Sequence[Any], args: Sequence[Any],
+                    *, deadline_s: float | None = None) -> Any:
+        hot, k, a = self._hot, list(keys), list(args)
+        return await self._call(lambda: hot.evalsha(lua.source, lua.sha, k, a),
+                                what=f"the {lua.name} script", deadline_s=deadline_s)
 
     async def connect(self) -> None:
-        await self._call(self._client.ping)
+        await self._run("PING")
+        if not self._checked_server:
+            await self._check_server()
+
+    async def _check_server(self) -> None:
+        """Refuse a server that is too old; warn when it may evict queued messages."""
+        info = (await self._run("INFO", "server")).decode(errors="replace")
+        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        version = fields.get("redis_version", "0")
+        name = "Valkey" if "valkey_version" in fields else "Redis"
+        if name == "Valkey":
+            version = fields.get("valkey_version", version)
+        if fields.get("redis_version") and _version(fields["redis_version"]) < MIN_REDIS_VERSION:
+            raise BrokerError(
+                f"{name} at {self.display_url} is version {version}; aioqueue needs Redis "
+                f"{'.'.join(map(str, MIN_REDIS_VERSION))} or newer (or Valkey 7.2+)"
+            )
+        try:
+            policy = await self._hot.execute("CONFIG", "GET", "maxmemory-policy")
+        except RespError:
+            policy = None  # managed services often disable CONFIG: nothing to check then
+        if policy and len(policy) == 2 and policy[1] != b"noeviction":
+            log.warning(
+                "Redis at %s has maxmemory-policy %s: under memory pressure it may evict "
+                "queued messages; set it to noeviction", self.display_url,
+                policy[1].decode(errors="replace"),
+            )
+        self._checked_server = True
 
     async def close(self) -> None:
         self._closed = True
@@ -197,7 +226,9 @@ class RedisBroker:
         await self._fetch.close()
         await self._replies.close()
         await self._hot.close()
-        await self._client.aclose()
+        if self._pubsub_client is not None:
+            await self._pubsub_client.aclose()
+            self._pubsub_client = None
 
     # -- producing -------------------------------------------------------------------------
     def _add_command(self, item: Enqueue) -> tuple[Any, ...]:
@@ -212,16 +243,16 @@ class RedisBroker:
             try:
                 # The common case straight through; the retrying wrapper only on trouble.
                 await hot.execute(*command)
-            except (*_CONNECTION_ERRORS, RespError):
-                await self._call(lambda: hot.execute(*command))
+            except (*_CONNECTION_ERRORS, RespError, RespArgumentError):
+                await self._call(lambda: hot.execute(*command), what=command[0])
             return
         commands = [self._add_command(item) for item in items]
-
         # One write out, one read back.
-        await self._call(lambda: hot.execute_many(commands))
+        await self._call(lambda: hot.execute_many(commands), what="a batch of XADD")
 
     # -- consuming -------------------------------------------------------------------------
     async def ensure_queues(self, queues: Sequence[str]) -> None:
+        hot = self._hot
         for queue in queues:
             stream = self.keys.stream(queue)
             if stream in self._known_groups:
@@ -229,41 +260,83 @@ class RedisBroker:
 
             async def create(stream: str = stream) -> None:
                 try:
-                    await self._client.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
-                except redis_errors.ResponseError as exc:
+                    await hot.execute("XGROUP", "CREATE", stream, CONSUMER_GROUP, "0",
+                                      "MKSTREAM")
+                except RespError as exc:
                     if "BUSYGROUP" not in str(exc):
                         raise
 
-            await self._call(create)
+            await self._call(create, what="XGROUP CREATE")
             self._known_groups.add(stream)
+
+    async def _blocking_read(self, *command: Any) -> Any:
+        try:
+            return await self._fetch.call(*command)
+        except _CONNECTION_ERRORS as exc:
+            raise BrokerConnectionError(f"cannot reach Redis at {self.display_url}: {exc}") from exc
+        except RespError as exc:
+            if "UNBLOCKED" in str(exc):
+                return None
+            if "NOGROUP" in str(exc):
+                self._known_groups.clear()
+                return None
+            raise self._refused(str(command[0]), exc) from exc
+
+    def _block_ms(self, timeout_s: float) -> int:
+        return max(1, int(min(timeout_s, self._max_block_s) * 1000))
 
     async def fetch(
         self, queues: Sequence[str], consumer: str, count: int, timeout_s: float
     ) -> list[Delivery]:
         await self.ensure_queues(queues)
+        if len(queues) == 1:
+            # One stream: XREADGROUP's COUNT is exact, and one blocking call does it all.
+            stream = self.keys.stream(queues[0])
+            command: list[Any] = ["XREADGROUP", "GROUP", CONSUMER_GROUP, consumer,
+                                  "COUNT", count]
+            if timeout_s > 0:
+                command += ["BLOCK", self._block_ms(timeout_s)]
+            reply = await self._blocking_read(*command, "STREAMS", stream, ">")
+            out: list[Delivery] = []
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    out.append(Delivery(queues[0], entry_id.decode(), _fields(fields).get(
+                        b"m", b"")))
+            return out
+        # Several streams: COUNT would apply to each, handing out count x streams messages.
+        # A script takes at most ``count`` over all of them, in the order given.
+        got, last_ids = await self._take(queues, consumer, count)
+        if got or not last_ids or timeout_s <= 0:
+            return got
+        # Nothing ready: wait (without taking anything) for the first message added after
+        # what the group has delivered, then take again.
         streams = [self.keys.stream(q) for q in queues]
-        names = {stream.encode(): q for stream, q in zip(streams, queues, strict=True)}
-        command: list[Any] = ["XREADGROUP", "GROUP", CONSUMER_GROUP, consumer, "COUNT", count]
-        if timeout_s > 0:
-            command += ["BLOCK", max(1, int(min(timeout_s, self._max_block_s) * 1000))]
-        command += ["STREAMS", *streams, *(">" for _ in streams)]
+        await self._blocking_read("XREAD", "COUNT", 1, "BLOCK", self._block_ms(timeout_s),
+                                  "STREAMS", *streams, *last_ids)
+        got, _ = await self._take(queues, consumer, count)
+        return got
+
+    async def _take(
+        self, queues: Sequence[str], consumer: str, count: int
+    ) -> tuple[list[Delivery], list[bytes]]:
+        """New messages, and when there are none, the last-delivered id of each stream (to
+        wait for the next with XREAD BLOCK)."""
+        streams = [self.keys.stream(q) for q in queues]
         try:
-            reply = await self._fetch.call(*command)
-        except _CONNECTION_ERRORS as exc:
-            raise BrokerConnectionError(f"cannot reach Redis at {self.display_url}: {exc}") from exc
-        except RespError as exc:
+            found, body = await self._eval(_FETCH, streams, [CONSUMER_GROUP, consumer, count])
+        except BrokerError as exc:
             if "NOGROUP" in str(exc):
                 self._known_groups.clear()
-                return []
-            if "UNBLOCKED" in str(exc):
-                return []
-            raise BrokerError(f"Redis at {self.display_url} refused XREADGROUP: {exc}") from exc
+                return [], []
+            raise
+        if not found:
+            return [], list(body)
         out: list[Delivery] = []
-        for stream_name, entries in reply or ():
-            queue = names[stream_name]
+        for index, entries in body:
+            queue = queues[int(index) - 1]
             for entry_id, fields in entries:
-                out.append(Delivery(queue, entry_id.decode(), _field(fields, b"m")))
-        return out
+                out.append(Delivery(queue, entry_id.decode(), _fields(fields).get(b"m", b"")))
+        return out, []
 
     async def interrupt_fetch(self) -> None:
         await self._fetch.unblock(self._hot)
@@ -276,198 +349,218 @@ class RedisBroker:
         for queue in queues:
             if len(out) >= count:
                 break
-            stream = self.keys.stream(queue)
-            pending = await self._call(partial(
-                self._client.xpending_range,
-                stream, CONSUMER_GROUP, "-", "+", count - len(out), idle=idle_ms,
-            ))
-            if not pending:
-                continue
-            times = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-            # XCLAIM re-checks the idle time, so two workers racing here cannot both win.
-            claimed = await self._call(partial(
-                self._client.xclaim, stream, CONSUMER_GROUP, consumer, idle_ms, list(times)
-            ))
-            for entry_id, fields in claimed:
-                payload = fields.get(b"m", b"") if fields else b""
-                out.append(Delivery(queue, entry_id.decode(), payload, times[entry_id] + 1))
+            claimed = await self._eval(_RECLAIM, [self.keys.stream(queue)],
+                                       [CONSUMER_GROUP, consumer, idle_ms, count - len(out)])
+            for entry_id, fields, times in claimed:
+                out.append(Delivery(queue, entry_id.decode(), _fields(fields).get(b"m", b""),
+                                    int(times) + 1))
         return out
 
-    async def keep_claimed(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
-        by_queue: dict[str, list[str]] = defaultdict(list)
+    async def keep_claimed(self, consumer: str, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        by_queue: dict[str, list[Delivery]] = defaultdict(list)
         for d in deliveries:
-            by_queue[d.queue].append(d.message_id)
+            by_queue[d.queue].append(d)
+        lost: list[Delivery] = []
+        for queue, held in by_queue.items():
+            ids = [d.message_id for d in held]
+            gone = {i.decode() for i in await self._eval(
+                _KEEP, [self.keys.stream(queue)], [CONSUMER_GROUP, consumer, *ids])}
+            lost += [d for d in held if d.message_id in gone]
+        return lost
 
-        async def run() -> None:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for queue, ids in by_queue.items():
-                    pipe.xclaim(self.keys.stream(queue), CONSUMER_GROUP, consumer, 0, ids,
-                                justid=True)
-                await pipe.execute()
+    async def settle(self, outcomes: Sequence[Outcome]) -> list[SettleFailure]:
+        # One script call: results are stored in the same step as the acks, so a crash can
+        # never leave a message acknowledged without its result (or a retry unscheduled).
+        keys: list[str] = []
+        index: dict[str, int] = {}
 
-        await self._call(run)
+        def k(key: str) -> int:
+            found = index.get(key)
+            if found is None:
+                keys.append(key)
+                found = index[key] = len(keys)
+            return found
 
-    async def settle(self, outcomes: Sequence[Outcome]) -> None:
-        # One Lua call: the results are stored in the same atomic step as the acks, so a crash
-        # can never leave a message acknowledged without its result (or a retry unscheduled).
-        args: list[Any] = [CONSUMER_GROUP]
-        acks: dict[str, list[str]] = defaultdict(list)
-        reply_ttls: dict[str, int] = {}
+        args: list[Any] = [CONSUMER_GROUP, int(SETTLE_GUARD_TTL_S * 1000),
+                           int(REPLY_TTL_S * 1000), REPLY_CAP]
         now = repr(time.time())
-        result_key = self.keys.result
+        keys_ = self.keys
         for o in outcomes:
+            d = o.delivery
+            ops: list[Any] = []
+            n = 0
             if o.record is not None and o.task_id is not None:
-                ttl_ms = max(1, int(o.result_ttl_s * 1000))
-                args += ("S", result_key(o.task_id), o.record, ttl_ms)
-                if o.reply_to is not None:
-                    args += ("P", o.reply_to, o.record)
-                    reply_ttls[o.reply_to] = max(reply_ttls.get(o.reply_to, 0), ttl_ms)
+                ops += ("S", k(keys_.result(o.task_id)), o.record,
+                        max(1, int(o.result_ttl_s * 1000)))
+                n += 1
+            guard = 0 if d is None else k(keys_.settle_guard(d.queue, d.message_id))
             requeue = o.requeue
             if requeue is not None:
                 if requeue.due_at is None:
-                    args += ("Q", self.keys.stream(requeue.queue), requeue.payload)
+                    ops += ("Q", k(keys_.stream(requeue.queue)), requeue.payload, guard)
                 else:
-                    args += ("Z", self.keys.delayed(requeue.queue), requeue.payload,
-                             repr(requeue.due_at))
-            d = o.delivery
-            if d is not None:
-                if o.dead_reason is not None:
-                    args += ("L", self.keys.dead(d.queue), d.payload, o.dead_reason, now,
-                             d.message_id, DEAD_LETTER_MAXLEN)
-                acks[d.queue].append(d.message_id)
-        for key, ttl_ms in reply_ttls.items():
-            args += ("X", key, ttl_ms)
-        for queue, ids in acks.items():
-            args += ("A", self.keys.stream(queue), len(ids), *ids)
-        hot, lua, sha = self._hot, self._settle_lua, self._settle_sha
-        await self._call(lambda: hot.evalsha(lua, sha, [], args))
+                    ops += ("Z", k(keys_.delayed(requeue.queue)), requeue.payload,
+                            repr(requeue.due_at), guard)
+                n += 1
+            if d is not None and o.dead_reason is not None:
+                ops += ("L", k(keys_.dead(d.queue)), d.payload, o.dead_reason, now,
+                        d.message_id, DEAD_LETTER_MAXLEN, guard)
+                n += 1
+            if o.reply_to is not None and o.record is not None:
+                ops += ("P", k(o.reply_to), o.record)
+                n += 1
+            if d is None:
+                args += ("O", 0, "", n)
+            else:
+                args += ("O", k(keys_.stream(d.queue)), d.message_id, n)
+            args += ops
+        failures, _reply_failures = await self._eval(_SETTLE, keys, args)
+        return [SettleFailure(int(failures[i]) - 1, failures[i + 1].decode(errors="replace")
+                              if isinstance(failures[i + 1], bytes) else str(failures[i + 1]))
+                for i in range(0, len(failures), 2)]
 
     async def move_due(self, queues: Sequence[str], now: float) -> int:
-        hot, lua, sha = self._hot, self._move_due_lua, self._move_due_sha
+        async def one(queue: str) -> int:
+            keys = [self.keys.delayed(queue), self.keys.stream(queue)]
+            return int(await self._eval(_MOVE_DUE, keys, [repr(now), _MOVE_BATCH]))
 
-        async def run() -> int:
-            moved = await asyncio.gather(*(
-                hot.evalsha(lua, sha, [self.keys.delayed(q), self.keys.stream(q)],
-                            [repr(now), _MOVE_BATCH])
-                for q in queues
-            ))
-            return sum(int(n) for n in moved)
+        # Each queue on its own: one broken queue must not hold the others' due messages.
+        moved = await asyncio.gather(*(one(q) for q in queues), return_exceptions=True)
+        errors = [m for m in moved if isinstance(m, BaseException)]
+        if errors:
+            raise errors[0]
+        return sum(int(m) for m in moved if isinstance(m, int))
 
-        return await self._call(run)
+    async def prune_consumers(self, queues: Sequence[str], consumer: str, idle_s: float) -> int:
+        removed = 0
+        for q in queues:
+            removed += int(await self._eval(
+                _PRUNE, [self.keys.stream(q)],
+                [CONSUMER_GROUP, int(idle_s * 1000), "except", consumer]))
+        return removed
 
     async def forget_consumer(self, queues: Sequence[str], consumer: str) -> None:
         # Housekeeping on the way out: never hold a stopping worker for long.
         for q in queues:
-            stream = self.keys.stream(q)
-            pending = await self._call(partial(
-                self._client.xpending_range, stream, CONSUMER_GROUP, "-", "+", 1,
-                consumername=consumer,
-            ), deadline_s=1.0)
-            if not pending:
-                await self._call(partial(
-                    self._client.xgroup_delconsumer, stream, CONSUMER_GROUP, consumer
-                ), deadline_s=1.0)
+            await self._eval(_PRUNE, [self.keys.stream(q)], [CONSUMER_GROUP, 0, "only", consumer],
+                             deadline_s=1.0)
 
     # -- results ---------------------------------------------------------------------------
     async def get_result(self, task_id: str) -> bytes | None:
-        key, hot = self.keys.result(task_id), self._hot
-        value: bytes | None = await self._call(lambda: hot.execute("GET", key))
+        value: bytes | None = await self._run("GET", self.keys.result(task_id))
         return value
 
     async def get_results(self, task_ids: Sequence[str]) -> list[bytes | None]:
-        keys = [self.keys.result(task_id) for task_id in task_ids]
-        if not keys:
+        if not task_ids:
             return []
-        hot = self._hot
-        values: list[bytes | None] = await self._call(lambda: hot.execute("MGET", *keys))
+        values: list[bytes | None] = await self._run(
+            "MGET", *(self.keys.result(task_id) for task_id in task_ids))
         return values
 
     async def set_result(self, task_id: str, record: bytes, ttl_s: float) -> None:
-        key = self.keys.result(task_id)
-        await self._call(lambda: self._client.set(key, record, px=max(1, int(ttl_s * 1000))))
+        await self._run("SET", self.keys.result(task_id), record, "PX",
+                        max(1, int(ttl_s * 1000)))
 
     async def delete_result(self, task_id: str) -> None:
-        key = self.keys.result(task_id)
-        await self._call(lambda: self._client.delete(key))
+        await self._run("DEL", self.keys.result(task_id))
 
     async def wait_replies(self, reply_to: str, timeout_s: float) -> list[bytes]:
-        timeout = repr(max(0.001, min(timeout_s, self._max_block_s)))
+        seconds = max(0.001, min(timeout_s, self._max_block_s))
         try:
-            reply = await self._replies.call("BLMPOP", timeout, 1, reply_to, "LEFT",
-                                             "COUNT", 1000)
+            if self._blmpop:
+                reply = await self._replies.call("BLMPOP", repr(seconds), 1, reply_to, "LEFT",
+                                                 "COUNT", 1000)
+                return [] if not reply else list(reply[1])
+            # Without BLMPOP: wait for one, then take what else is there in one more call.
+            first = await self._replies.call("BLPOP", reply_to, repr(seconds))
+            if not first:
+                return []
+            rest = await self._hot.execute("LPOP", reply_to, 999)
+            return [first[1], *(rest or ())]
         except _CONNECTION_ERRORS as exc:
             raise BrokerConnectionError(f"cannot reach Redis at {self.display_url}: {exc}") from exc
         except RespError as exc:
-            if "UNBLOCKED" in str(exc):
+            text = str(exc)
+            if "UNBLOCKED" in text:
                 return []
-            raise BrokerError(f"Redis at {self.display_url} refused BLMPOP: {exc}") from exc
-        if not reply:
-            return []
-        _key, values = reply
-        return list(values)
+            if self._blmpop and "unknown command" in text.lower():
+                if not self._checked_server:
+                    await self._check_server()  # refuses a server older than 6.2, clearly
+                log.warning("Redis at %s has no BLMPOP (older than 7.0, or the command is "
+                            "disabled): results are waited for with BLPOP", self.display_url)
+                self._blmpop = False
+                return []
+            if text.startswith(_TRANSIENT_REPLIES):
+                raise BrokerConnectionError(
+                    f"Redis at {self.display_url} is not ready: {exc}") from exc
+            raise self._refused("a wait for results", exc) from exc
 
     async def interrupt_replies(self) -> None:
         await self._replies.unblock(self._hot)
 
     # -- control ---------------------------------------------------------------------------
-    async def revoke(self, task_id: str, until: float, control: bytes) -> None:
-        async def run() -> None:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.zadd(self.keys.revoked, {task_id: until})
-                pipe.publish(self.keys.control, control)
-                await pipe.execute()
+    async def revoke(
+        self, task_id: str, until: float, control: bytes, *, terminate: bool = False,
+        record: bytes | None = None, expected: bytes | None = None, ttl_s: float = 0.0,
+    ) -> bool:
+        keys = [self.keys.result(task_id), self.keys.revoked, self.keys.terminate]
+        args = [task_id, repr(until), "1" if terminate else "0", self.keys.control, control,
+                "0" if record is None else "1", expected or b"", record or b"",
+                max(1, int(ttl_s * 1000))]
+        return bool(await self._eval(_REVOKE, keys, args))
 
-        await self._call(run)
-
-    async def revoked_ids(self, now: float) -> set[str]:
-        key = self.keys.revoked
-
-        async def run() -> list[bytes]:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.zremrangebyscore(key, "-inf", now)
-                pipe.zrange(key, 0, -1)
-                _, ids = await pipe.execute()
-                return list(ids)
-
-        return {i.decode() for i in await self._call(run)}
+    async def revocations(self, now: float) -> Revocations:
+        revoked, terminate = self.keys.revoked, self.keys.terminate
+        hot = self._hot
+        replies = await self._call(lambda: hot.execute_many([
+            ("ZREMRANGEBYSCORE", revoked, "-inf", repr(now)),
+            ("ZRANGE", revoked, 0, -1),
+            ("ZREMRANGEBYSCORE", terminate, "-inf", repr(now)),
+            ("ZRANGE", terminate, 0, -1),
+        ]), what="ZRANGE")
+        return Revocations(revoked={i.decode() for i in replies[1]},
+                           terminate={i.decode() for i in replies[3]})
 
     async def control_messages(self) -> AsyncIterator[bytes]:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        if self._pubsub_client is None:
+            self._pubsub_client = aioredis.Redis(**self.target.redis_py_kwargs())
+        pubsub = self._pubsub_client.pubsub(ignore_subscribe_messages=True)
         try:
-            await self._call(lambda: pubsub.subscribe(self.keys.control))
-            while not self._closed:
-                try:
+            try:
+                await pubsub.subscribe(self.keys.control)
+                yield b""  # subscribed: see Broker.control_messages
+                while not self._closed:
                     message = await pubsub.get_message(timeout=0.5)
-                except _CONNECTION_ERRORS as exc:
-                    raise BrokerConnectionError(
-                        f"lost control channel of Redis at {self.display_url}: {exc}"
-                    ) from exc
-                if message is not None and message.get("type") == "message":
-                    yield bytes(message["data"])
+                    if message is not None and message.get("type") == "message":
+                        yield bytes(message["data"])
+            except _CONNECTION_ERRORS as exc:
+                raise BrokerConnectionError(
+                    f"lost control channel of Redis at {self.display_url}: {exc}"
+                ) from exc
+            except redis_errors.RedisError as exc:
+                raise BrokerError(
+                    f"control channel of Redis at {self.display_url}: {exc}") from exc
         finally:
             with (anyio.CancelScope(shield=True), anyio.move_on_after(1.0),
-                  contextlib.suppress(*_CONNECTION_ERRORS)):
+                  contextlib.suppress(*_CONNECTION_ERRORS, redis_errors.RedisError)):
                 await pubsub.aclose()
 
     async def queue_sizes(self, queues: Sequence[str]) -> dict[str, tuple[int, int, int]]:
-        async def run() -> list[int]:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for q in queues:
-                    pipe.xlen(self.keys.stream(q))
-                    pipe.zcard(self.keys.delayed(q))
-                    pipe.xlen(self.keys.dead(q))
-                return [int(n) for n in await pipe.execute()]
-
-        counts = await self._call(run)
-        return {q: (counts[3 * i], counts[3 * i + 1], counts[3 * i + 2])
+        commands: list[tuple[Any, ...]] = []
+        for q in queues:
+            commands += [("XLEN", self.keys.stream(q)), ("ZCARD", self.keys.delayed(q)),
+                         ("XLEN", self.keys.dead(q))]
+        hot = self._hot
+        counts = await self._call(lambda: hot.execute_many(commands), what="XLEN")
+        return {q: (int(counts[3 * i]), int(counts[3 * i + 1]), int(counts[3 * i + 2]))
                 for i, q in enumerate(queues)}
 
     # -- dead letters ----------------------------------------------------------------------
     async def dead_letters(self, queue: str, count: int) -> list[DeadLetter]:
-        key = self.keys.dead(queue)
-        entries = await self._call(lambda: self._client.xrange(key, "-", "+", count=count))
+        entries = await self._run("XRANGE", self.keys.dead(queue), "-", "+", "COUNT", count)
         out = []
-        for entry_id, fields in entries:
+        for entry_id, flat in entries:
+            fields = _fields(flat)
             out.append(DeadLetter(
                 queue=queue,
                 entry_id=entry_id.decode(),
@@ -479,64 +572,60 @@ class RedisBroker:
 
     async def requeue_dead(self, queue: str, entry_ids: Sequence[str] | None) -> int:
         keys = [self.keys.dead(queue), self.keys.stream(queue)]
-        args = list(entry_ids or ())
         await self.ensure_queues([queue])
-        moved = await self._call(lambda: self._requeue_dead(keys=keys, args=args))
-        return int(moved)
+        if entry_ids is not None:
+            # Ids that cannot be stream entry ids name nothing (as on the memory broker);
+            # an empty list moves nothing (not "everything", which the script's no-ids means).
+            wanted = [i for i in entry_ids if _ENTRY_ID.fullmatch(i)]
+            if not wanted:
+                return 0
+            return int(await self._eval(_REQUEUE, keys, [_REQUEUE_BATCH, *wanted]))
+        moved = 0
+        while True:  # in bounded calls, so one call never blocks Redis for long
+            batch = int(await self._eval(_REQUEUE, keys, [_REQUEUE_BATCH]))
+            moved += batch
+            if batch < _REQUEUE_BATCH:
+                return moved
 
     async def purge_dead(self, queue: str) -> int:
-        key = self.keys.dead(queue)
-
-        async def run() -> int:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.xlen(key)
-                pipe.delete(key)
-                n, _ = await pipe.execute()
-                return int(n)
-
-        return await self._call(run)
+        key, hot = self.keys.dead(queue), self._hot
+        replies = await self._call(lambda: hot.execute_many(
+            [("MULTI",), ("XLEN", key), ("DEL", key), ("EXEC",)]), what="DEL")
+        return int(replies[-1][0])
 
     # -- beat ------------------------------------------------------------------------------
     async def acquire_lease(self, owner: str, ttl_s: float) -> bool:
-        key = self.keys.beat_lease
-        got = await self._call(
-            lambda: self._lease(keys=[key], args=[owner, max(1, int(ttl_s * 1000))])
-        )
+        got = await self._eval(_LEASE, [self.keys.beat_lease], [owner, max(1, int(ttl_s * 1000))])
         return bool(got)
 
     async def release_lease(self, owner: str) -> None:
-        key = self.keys.beat_lease
-        await self._call(lambda: self._release(keys=[key], args=[owner]))
+        await self._eval(_RELEASE, [self.keys.beat_lease], [owner])
 
     async def claim_tick(self, name: str, tick: float, ttl_s: float) -> bool:
-        key = self.keys.beat_tick(name, tick)
-        got = await self._call(
-            lambda: self._client.set(key, b"1", nx=True, px=max(1, int(ttl_s * 1000)))
-        )
+        got = await self._run("SET", self.keys.beat_tick(name, tick), b"1", "NX", "PX",
+                              max(1, int(ttl_s * 1000)))
         return bool(got)
 
     async def last_runs(self) -> dict[str, float]:
-        key = self.keys.beat_last_run
-        raw: dict[bytes, bytes] = await self._call(lambda: self._client.hgetall(key))
+        raw = _fields(await self._run("HGETALL", self.keys.beat_last_run))
         return {k.decode(): float(v) for k, v in raw.items()}
 
     async def set_last_run(self, name: str, tick: float) -> None:
-        key = self.keys.beat_last_run
-        await self._call(lambda: self._client.hset(key, name, repr(tick)))
+        await self._run("HSET", self.keys.beat_last_run, name, repr(tick))
 
     async def replace_schedules(self, schedules: dict[str, str]) -> None:
         """Store what this deployment declares, dropping schedules no longer declared."""
-        key, runs = self.keys.beat_schedules, self.keys.beat_last_run
+        key, runs, hot = self.keys.beat_schedules, self.keys.beat_last_run, self._hot
 
         async def run() -> None:
-            old = await self._client.hkeys(key)
+            old = await hot.execute("HKEYS", key)
             gone = [k for k in old if k.decode() not in schedules]
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                if schedules:
-                    pipe.hset(key, mapping=schedules)
-                if gone:
-                    pipe.hdel(runs, *gone)
-                await pipe.execute()
+            commands: list[tuple[Any, ...]] = [("MULTI",), ("DEL", key)]
+            if schedules:
+                commands.append(("HSET", key, *(x for kv in schedules.items() for x in kv)))
+            if gone:
+                commands.append(("HDEL", runs, *gone))
+            commands.append(("EXEC",))
+            await hot.execute_many(commands)
 
-        await self._call(run)
+        await self._call(run, what="HSET")
