@@ -1,6 +1,8 @@
 """Test helpers users can reuse: a real ``redis-server`` on a free loopback port.
 
-Installed as a pytest plugin (entry point ``aioqueue``), it provides the fixtures
+Enabled as a pytest plugin (``pytest_plugins = ("aioqueue.testing",)`` in a conftest, or
+``-p aioqueue.testing``; opt-in, so nobody gets these fixture names unasked), it provides
+the fixtures
 
 * ``redis_server`` -- one throwaway server per test session (no Docker, no fixed 6379);
 * ``redis_url`` -- that server's URL, flushed before each test so tests never see each

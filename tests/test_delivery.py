@@ -133,56 +133,7 @@ async def test_retry_without_exception_past_max_retries(app: AioQueue) -> None:
 
 
 # -- delays and expiry ---------------------------------------------------------------------
-async def test_expires_before_countdown_is_revoked_and_never_runs(app: AioQueue) -> None:
-    ran: list[int] = []
-
-    @app.task
-    async def too_late() -> None:
-        ran.append(1)
-
-    async with app.worker(concurrency=2):
-        handle = await too_late.apply_async(countdown=0.2, expires=0.05)
-        with anyio.fail_after(5), pytest.raises(TaskRevoked, match="expired"):
-            await handle
-    assert ran == []
-    info = await handle.info()
-    assert info.state is State.REVOKED and "expired" in str(info.result)
-
-
 # -- time limits ---------------------------------------------------------------------------
-async def test_time_limit_cancels_a_coroutine(app: AioQueue) -> None:
-    cancelled: list[str] = []
-
-    @app.task(time_limit=0.2)
-    async def sleeps_option() -> None:
-        try:
-            await anyio.sleep(10)
-        except BaseException:
-            cancelled.append("option")
-            raise
-
-    @app.task
-    async def sleeps_call() -> None:
-        try:
-            await anyio.sleep(10)
-        except BaseException:
-            cancelled.append("call")
-            raise
-
-    async with app.worker(concurrency=4) as worker:
-        start = time.monotonic()
-        h1 = await sleeps_option.delay()
-        h2 = await sleeps_call.apply_async(time_limit=0.2)
-        with anyio.fail_after(5):
-            for h in (h1, h2):
-                with pytest.raises(TimeLimitExceeded, match=r"time limit of 0\.2s"):
-                    await h
-        assert time.monotonic() - start < 1.5
-        assert not worker.running
-    assert sorted(cancelled) == ["call", "option"]
-    assert (await h2.state()) is State.FAILURE
-
-
 async def test_time_limit_of_a_sync_task_frees_its_slot(app: AioQueue) -> None:
     release = threading.Event()
     thread_done = threading.Event()

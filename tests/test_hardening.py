@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -34,13 +33,10 @@ def settings(**overrides: Any) -> dict[str, Any]:
     return conf
 
 
-@pytest.fixture(params=["redis", "memory"])
-async def both(request: pytest.FixtureRequest) -> AsyncIterator[AioQueue]:
-    """An app on each broker: behaviour they share is tested once, against both."""
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else "memory://"
-    application = AioQueue("tests", broker=url, **settings())
-    yield application
-    await application.close()
+@pytest.fixture
+def both(any_app: AioQueue) -> AioQueue:
+    """An app on each broker in turn: behaviour they share is tested once, against both."""
+    return any_app
 
 
 async def take_one(app: AioQueue, consumer: str) -> Delivery:

@@ -95,7 +95,7 @@ def test_agrees_with_redis_py(url: str) -> None:
     ("url", "complaint"),
     [
         ("http://h", "scheme"),
-        ("redis://h?max_connections=5", "'max_connections'"),
+        ("redis://h?max_conections=5", "'max_conections'"),
         ("redis://h?db=x", "'db'"),
         ("redis://h/zero", "'db'"),
         ("redis://h?db=1&db=2", "twice"),
@@ -315,3 +315,13 @@ async def test_tls_refuses_an_unknown_server_or_a_missing_client_cert(
             await conn.execute("PING")
     finally:
         await conn.close()
+
+
+def test_redis_py_pool_options_are_accepted_and_ignored() -> None:
+    from aioqueue.broker._url import parse_redis_url
+
+    target = parse_redis_url(
+        "redis://h:6379/2?max_connections=50&health_check_interval=30&retry_on_timeout=true",
+        connect_timeout_s=1.0, read_timeout_s=2.0)
+    assert (target.host, target.db) == ("h", 2)
+    assert "max_connections" not in target.redis_py_kwargs()

@@ -35,9 +35,16 @@ _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 _SSL_OPTIONS = frozenset(
     {"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"}
 )
+#: redis-py pool options that have no meaning for aioqueue's own connections (one shared
+#: auto-pipelining socket, its own retries and keepalive): accepted, so a URL shared with a
+#: redis-py application keeps working, and ignored.
+_IGNORED = frozenset(
+    {"max_connections", "health_check_interval", "retry_on_timeout", "socket_keepalive",
+     "single_connection_client"}
+)
 _OPTIONS = frozenset(
     {"db", "password", "username", "socket_timeout", "socket_connect_timeout", "client_name"}
-    | _SSL_OPTIONS
+    | _SSL_OPTIONS | _IGNORED
 )
 
 
@@ -150,7 +157,7 @@ def parse_redis_url(
             raise bad(f"unknown option {name!r} (known: {known})")
         if name in options:
             raise bad(f"option {name!r} is given twice")
-        if value:  # as in redis-py, an empty value means "not given"
+        if value and name not in _IGNORED:  # as in redis-py, empty means "not given"
             options[name] = value
     if scheme != "rediss" and (misplaced := sorted(options.keys() & _SSL_OPTIONS)):
         raise bad(f"option {misplaced[0]!r} needs a rediss:// URL")
