@@ -178,12 +178,14 @@ class Task(Generic[P, R]):
         time_limit: float | None = None,
         ignore_result: bool | None = None,
         max_retries: int | None = None,
+        reply: bool = True,
     ) -> AsyncResult[R]:
         """Enqueue a call with options (Celery's names); returns its result handle at once.
 
         ``countdown`` (seconds) or ``eta`` (aware datetime; naive is read as UTC) delay the run;
         ``expires`` (seconds from now, or a datetime) drops it, as REVOKED, if it has not
-        started by then.
+        started by then. ``reply=False`` stores the result without pushing it to this
+        process (a sender that will not await it); the handle then polls if awaited.
         """
         return await self.app._send(
             self,
@@ -197,6 +199,7 @@ class Task(Generic[P, R]):
             time_limit=time_limit,
             ignore_result=ignore_result,
             max_retries=max_retries,
+            reply=reply,
         )
 
     async def delay_many(self, calls: Iterable[Iterable[Any]]) -> list[AsyncResult[R]]:

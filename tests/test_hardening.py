@@ -385,3 +385,30 @@ async def test_a_graceful_stop_during_an_outage_ends_in_bounded_time() -> None:
             assert time.monotonic() - began >= 1.0  # it did try to store the result
         finally:
             await app.close()
+
+
+# -- B11: nobody listening, nothing piles up -----------------------------------------------
+async def test_reply_lists_are_capped_on_both_brokers(both: AioQueue) -> None:
+    from aioqueue._keys import Keys
+
+    app = both
+    reply_to = Keys().reply("cd" * 16)
+    outcomes = [Outcome(task_id=f"t{i}", record=b"r", reply_to=reply_to) for i in range(10_050)]
+    for start in range(0, len(outcomes), 500):
+        assert await app.broker.settle(outcomes[start:start + 500]) == []
+    popped = 0
+    while replies := await app.broker.wait_replies(reply_to, 0.01):
+        popped += len(replies)
+    assert popped == 10_000
+
+
+async def test_apply_async_can_ask_for_no_reply(app: AioQueue, raw: Any) -> None:
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    async with app.worker(concurrency=2):
+        handle = await add.apply_async((1, 2), reply=False)
+        with anyio.fail_after(5):
+            assert await handle == 3  # by polling the stored result
+    assert await raw.keys("aioqueue:reply:*") == []

@@ -22,8 +22,9 @@ from .base import DeadLetter, Delivery, Enqueue, Outcome, Revocations, SettleFai
 
 __all__ = ("MemoryBroker",)
 
-#: As long as the Redis broker keeps its settle guards.
+#: As long as the Redis broker keeps its settle guards, and as long as its reply lists.
 SETTLE_GUARD_TTL_S = 3600.0
+REPLY_CAP = 10_000
 
 
 @dataclass
@@ -50,7 +51,9 @@ class MemoryBroker:
         self._queues: defaultdict[str, _Queue] = defaultdict(_Queue)
         self._ids = itertools.count(1)
         self._results: dict[str, tuple[bytes, float]] = {}
-        self._replies: defaultdict[str, deque[bytes]] = defaultdict(deque)
+        # Capped as the Redis broker caps its reply lists: nobody may be listening.
+        self._replies: defaultdict[str, deque[bytes]] = defaultdict(
+            lambda: deque(maxlen=REPLY_CAP))
         self._revoked: dict[str, float] = {}
         self._terminate: dict[str, float] = {}
         #: (queue, message id) -> until when a replayed hand-back/retry/dead letter is ignored.

@@ -56,7 +56,7 @@ MIN_REDIS_VERSION = (6, 2)
 #: A reply list is read at once by a listening producer; kept only this long for one
 #: that is not listening (fire-and-forget senders, a process that exited), and capped.
 REPLY_TTL_S = 300.0
-REPLY_CAP = 100_000
+REPLY_CAP = 10_000
 #: Settle guards (see settle.lua) only need to outlive a replay of the same batch.
 SETTLE_GUARD_TTL_S = 3600.0
 _MOVE_BATCH = 1000
