@@ -351,6 +351,14 @@ class ResultWaiter:
         record = self._decode(task_id, raw)
         return record if record.state in READY_STATES else None
 
+    def _decode_or_fail(self, task_id: str, raw: bytes) -> ResultRecord | None:
+        """The record, or None after failing only this task's waits (undecodable)."""
+        try:
+            return self._decode(task_id, raw)
+        except SerializationError as exc:
+            self._fail(task_id, exc)
+            return None
+
     def _decode(self, task_id: str, raw: bytes) -> ResultRecord:
         try:
             record = self.serializer.decode_record(raw)
@@ -433,12 +441,9 @@ class ResultWaiter:
             if task_id not in futures and task_id not in live:
                 self.dropped_replies += 1
                 continue
-            try:
-                record = self._decode(task_id, raw)
-            except SerializationError as exc:
-                self._fail(task_id, exc)
-                continue
-            self.resolve(record, len(raw))
+            record = self._decode_or_fail(task_id, raw)
+            if record is not None:
+                self.resolve(record, len(raw))
 
     # -- re-reading ------------------------------------------------------------------------
     def _next_due(self) -> float | None:
@@ -480,12 +485,8 @@ class ResultWaiter:
             for task_id, raw in zip(chunk, raws, strict=False):
                 if raw is None or task_id not in self._futures:
                     continue
-                try:
-                    record = self._decode(task_id, raw)
-                except SerializationError as exc:
-                    self._fail(task_id, exc)
-                    continue
-                if record.state in READY_STATES:
+                record = self._decode_or_fail(task_id, raw)
+                if record is not None and record.state in READY_STATES:
                     self.resolve(record, len(raw))
 
     # -- the listener ----------------------------------------------------------------------
