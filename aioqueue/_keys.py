@@ -7,9 +7,16 @@ script spans them and the queue's keys, so it needs a standalone server (or one 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 CONSUMER_GROUP = "aioqueue"
+
+
+@lru_cache(maxsize=16)
+def _reply_key_pattern(prefix: str) -> re.Pattern[str]:
+    return re.compile(re.escape(f"{prefix}:reply:") + "[0-9a-f]{32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +56,8 @@ class Keys:
         A message's ``reply_to`` is input from whoever could write to the queue: a worker
         pushes only to keys of this shape, never to any key a message names.
         """
-        start = f"{self.prefix}:reply:"
-        if not key.startswith(start) or len(key) != len(start) + 32:
-            return False
-        return all(c in "0123456789abcdef" for c in key[len(start):])
+        # A compiled pattern: this runs once per settled task with a waiting producer.
+        return _reply_key_pattern(self.prefix).fullmatch(key) is not None
 
     @property
     def revoked(self) -> str:

@@ -19,6 +19,13 @@ from typing import Protocol
 __all__ = ("Broker", "DeadLetter", "Delivery", "Enqueue", "Outcome", "Revocations", "SettleFailure")
 
 
+#: Most replies a producer's reply list keeps (oldest dropped first), on both brokers. Only a
+#: producer that sends without ever awaiting reaches it; one that awaits drains its list as
+#: fast as workers push. It must stay far above what a busy producer can fall behind by: at
+#: 10,000 a process that sent 20,000 tasks in one ``delay_many`` lost replies to the trim and
+#: waited a second for its fallback re-reads (half the benchmark's throughput, bimodal).
+REPLY_CAP = 200_000
+
 @dataclass(slots=True)
 class Enqueue:
     """One message to add: to the stream now, or to the delayed set when ``due_at`` is set."""

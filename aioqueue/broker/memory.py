@@ -18,13 +18,20 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .base import DeadLetter, Delivery, Enqueue, Outcome, Revocations, SettleFailure
+from .base import (
+    REPLY_CAP,
+    DeadLetter,
+    Delivery,
+    Enqueue,
+    Outcome,
+    Revocations,
+    SettleFailure,
+)
 
 __all__ = ("MemoryBroker",)
 
 #: As long as the Redis broker keeps its settle guards, and as long as its reply lists.
 SETTLE_GUARD_TTL_S = 3600.0
-REPLY_CAP = 10_000
 
 
 @dataclass
@@ -46,6 +53,9 @@ class _Queue:
 class MemoryBroker:
     """Everything in this process's memory; nothing survives the process."""
 
+    #: Most replies one reply list keeps (see :data:`~aioqueue.broker.base.REPLY_CAP`).
+    reply_cap: int = REPLY_CAP
+
     def __init__(self, url: str = "memory://") -> None:
         self.display_url = url
         self._queues: defaultdict[str, _Queue] = defaultdict(_Queue)
@@ -53,7 +63,7 @@ class MemoryBroker:
         self._results: dict[str, tuple[bytes, float]] = {}
         # Capped as the Redis broker caps its reply lists: nobody may be listening.
         self._replies: defaultdict[str, deque[bytes]] = defaultdict(
-            lambda: deque(maxlen=REPLY_CAP))
+            lambda: deque(maxlen=self.reply_cap))
         self._revoked: dict[str, float] = {}
         self._terminate: dict[str, float] = {}
         #: (queue, message id) -> until when a replayed hand-back/retry/dead letter is ignored.

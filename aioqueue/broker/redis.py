@@ -37,7 +37,15 @@ from .._lua import Script, script
 from ..errors import BrokerConnectionError, BrokerError, SerializationError
 from ._resp import RespArgumentError, RespConnection, RespError
 from ._url import RedisTarget, parse_redis_url
-from .base import DeadLetter, Delivery, Enqueue, Outcome, Revocations, SettleFailure
+from .base import (
+    REPLY_CAP,
+    DeadLetter,
+    Delivery,
+    Enqueue,
+    Outcome,
+    Revocations,
+    SettleFailure,
+)
 
 __all__ = ("MIN_REDIS_VERSION", "RedisBroker")
 
@@ -56,7 +64,6 @@ MIN_REDIS_VERSION = (6, 2)
 #: A reply list is read at once by a listening producer; kept only this long for one
 #: that is not listening (fire-and-forget senders, a process that exited), and capped.
 REPLY_TTL_S = 300.0
-REPLY_CAP = 10_000
 #: Settle guards (see settle.lua) only need to outlive a replay of the same batch.
 SETTLE_GUARD_TTL_S = 3600.0
 _MOVE_BATCH = 1000
@@ -67,6 +74,13 @@ _FETCH, _RECLAIM, _KEEP, _SETTLE = (script(n) for n in ("fetch", "reclaim", "kee
                                                          "settle"))
 _MOVE_DUE, _PRUNE, _REVOKE = script("move_due"), script("prune_consumers"), script("revoke")
 _LEASE, _RELEASE, _REQUEUE = script("lease"), script("release"), script("requeue_dead")
+
+
+def _message(flat: list[bytes] | None) -> bytes:
+    """The ``m`` field of a stream entry's flat [name, value, ...] reply (empty if none)."""
+    if flat and flat[0] == b"m":  # how aioqueue writes entries: a single field
+        return flat[1]
+    return _fields(flat).get(b"m", b"")
 
 
 def _fields(flat: list[bytes] | None) -> dict[bytes, bytes]:
@@ -113,6 +127,9 @@ class _Blocking:
 
 class RedisBroker:
     """Queues, results, control and schedules on one Redis server."""
+
+    #: Most replies one reply list keeps (see :data:`~aioqueue.broker.base.REPLY_CAP`).
+    reply_cap: int = REPLY_CAP
 
     def __init__(
         self,
@@ -300,8 +317,7 @@ class RedisBroker:
             out: list[Delivery] = []
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:
-                    out.append(Delivery(queues[0], entry_id.decode(), _fields(fields).get(
-                        b"m", b"")))
+                    out.append(Delivery(queues[0], entry_id.decode(), _message(fields)))
             return out
         # Several streams: COUNT would apply to each, handing out count x streams messages.
         # A script takes at most ``count`` over all of them, in the order given.
@@ -335,7 +351,7 @@ class RedisBroker:
         for index, entries in body:
             queue = queues[int(index) - 1]
             for entry_id, fields in entries:
-                out.append(Delivery(queue, entry_id.decode(), _fields(fields).get(b"m", b"")))
+                out.append(Delivery(queue, entry_id.decode(), _message(fields)))
         return out, []
 
     async def interrupt_fetch(self) -> None:
@@ -352,7 +368,7 @@ class RedisBroker:
             claimed = await self._eval(_RECLAIM, [self.keys.stream(queue)],
                                        [CONSUMER_GROUP, consumer, idle_ms, count - len(out)])
             for entry_id, fields, times in claimed:
-                out.append(Delivery(queue, entry_id.decode(), _fields(fields).get(b"m", b""),
+                out.append(Delivery(queue, entry_id.decode(), _message(fields),
                                     int(times) + 1))
         return out
 
@@ -382,7 +398,7 @@ class RedisBroker:
             return found
 
         args: list[Any] = [CONSUMER_GROUP, int(SETTLE_GUARD_TTL_S * 1000),
-                           int(REPLY_TTL_S * 1000), REPLY_CAP]
+                           int(REPLY_TTL_S * 1000), self.reply_cap]
         now = repr(time.time())
         keys_ = self.keys
         for o in outcomes:
@@ -393,8 +409,11 @@ class RedisBroker:
                 ops += ("S", k(keys_.result(o.task_id)), o.record,
                         max(1, int(o.result_ttl_s * 1000)))
                 n += 1
-            guard = 0 if d is None else k(keys_.settle_guard(d.queue, d.message_id))
             requeue = o.requeue
+            # The guard key only for the operations that need one (most outcomes are a
+            # plain result and an ack, and one more key per task was measurable).
+            guard = 0 if d is None or (requeue is None and o.dead_reason is None) else k(
+                keys_.settle_guard(d.queue, d.message_id))
             if requeue is not None:
                 if requeue.due_at is None:
                     ops += ("Q", k(keys_.stream(requeue.queue)), requeue.payload, guard)
