@@ -14,6 +14,10 @@ from functools import lru_cache
 CONSUMER_GROUP = "aioqueue"
 
 
+#: (prefix, key) pairs :meth:`Keys.is_reply` already found valid.
+_valid_reply_keys: set[tuple[str, str]] = set()
+
+
 @lru_cache(maxsize=16)
 def _reply_key_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(re.escape(f"{prefix}:reply:") + "[0-9a-f]{32}")
@@ -56,8 +60,16 @@ class Keys:
         A message's ``reply_to`` is input from whoever could write to the queue: a worker
         pushes only to keys of this shape, never to any key a message names.
         """
-        # A compiled pattern: this runs once per settled task with a waiting producer.
-        return _reply_key_pattern(self.prefix).fullmatch(key) is not None
+        # This runs once per settled task with a waiting producer, nearly always for a key
+        # already seen: remember the few valid ones.
+        if (self.prefix, key) in _valid_reply_keys:
+            return True
+        if _reply_key_pattern(self.prefix).fullmatch(key) is None:
+            return False
+        if len(_valid_reply_keys) >= 1024:
+            _valid_reply_keys.clear()
+        _valid_reply_keys.add((self.prefix, key))
+        return True
 
     @property
     def revoked(self) -> str:

@@ -429,3 +429,15 @@ async def test_apply_async_can_ask_for_no_reply(app: AioQueue, raw: Any) -> None
         with anyio.fail_after(5):
             assert await handle == 3  # by polling the stored result
     assert await raw.keys("aioqueue:reply:*") == []
+
+
+def test_only_keys_of_the_apps_own_reply_shape_are_reply_keys() -> None:
+    from aioqueue._keys import Keys
+
+    ours, theirs = Keys("ours"), Keys("theirs")
+    key = ours.reply("ab" * 16)
+    assert ours.is_reply(key) and ours.is_reply(key)  # the second from the remembered set
+    assert not theirs.is_reply(key)  # remembered for one prefix only
+    for bad in (key[:-1], key + "0", key.upper(), ours.reply("g" * 32), ours.result("x"),
+                ours.reply("ab" * 16 + "\n")):
+        assert not ours.is_reply(bad), bad

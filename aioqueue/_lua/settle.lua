@@ -23,7 +23,7 @@
 local group, guard_ms, reply_ms, reply_cap = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local failures, reply_failures = {}, 0
 local acks, ack_order = {}, {}
-local replies, reply_keys = {}, {}
+local reply_keys = {}
 
 local function failed(reply)
   return type(reply) == 'table' and reply.err ~= nil
@@ -40,6 +40,9 @@ local function guarded(guard_k, action)
 end
 
 local i, n, outcome = 5, #ARGV, 0
+-- Replies waiting for the acknowledgements, as two flat arrays (no table per outcome: this
+-- loop runs once per settled task).
+local reply_k, reply_v, replies = {}, {}, 0
 while i <= n do
   if ARGV[i] ~= 'O' then
     return redis.error_reply('settle: malformed batch at argument ' .. i)
@@ -48,7 +51,7 @@ while i <= n do
   local stream_k, id, ops = tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
   i = i + 4
   local err = nil
-  local pending_replies = {}
+  local replies_before = replies
   for _ = 1, ops do
     local op = ARGV[i]
     local key = KEYS[tonumber(ARGV[i + 1])]
@@ -56,6 +59,10 @@ while i <= n do
     if op == 'S' then
       if not err then reply = redis.pcall('SET', key, ARGV[i + 2], 'PX', ARGV[i + 3]) end
       i = i + 4
+    elseif op == 'P' then
+      replies = replies + 1
+      reply_k[replies], reply_v[replies] = key, ARGV[i + 2]
+      i = i + 3
     elseif op == 'Q' then
       local payload = ARGV[i + 2]
       if not err then
@@ -81,30 +88,24 @@ while i <= n do
         end)
       end
       i = i + 8
-    elseif op == 'P' then
-      pending_replies[#pending_replies + 1] = {key, ARGV[i + 2]}
-      i = i + 3
     else
       return redis.error_reply('settle: unknown operation ' .. tostring(op))
     end
-    if not err and failed(reply) then err = reply.err end
+    if not err and type(reply) == 'table' and reply.err ~= nil then err = reply.err end
   end
   if err then
     failures[#failures + 1] = outcome
     failures[#failures + 1] = err
-  else
-    if stream_k > 0 then
-      local stream = KEYS[stream_k]
-      if not acks[stream] then
-        acks[stream] = {}
-        ack_order[#ack_order + 1] = stream
-      end
-      local ids = acks[stream]
-      ids[#ids + 1] = id
+    replies = replies_before  -- a failed outcome wakes nobody
+  elseif stream_k > 0 then
+    local stream = KEYS[stream_k]
+    local ids = acks[stream]
+    if not ids then
+      ids = {}
+      acks[stream] = ids
+      ack_order[#ack_order + 1] = stream
     end
-    for _, r in ipairs(pending_replies) do
-      replies[#replies + 1] = r
-    end
+    ids[#ids + 1] = id
   end
 end
 
@@ -122,13 +123,17 @@ end
 
 -- Producers are woken last: a reply list that cannot take a push (a key of another type)
 -- costs only that notification; the producer's back-off re-read still finds the result.
-for _, r in ipairs(replies) do
-  local key = r[1]
-  if failed(redis.pcall('RPUSH', key, r[2])) then
-    reply_failures = reply_failures + 1
+-- One RPUSH per run of replies to the same list (usually one producer gets them all).
+local r = 1
+while r <= replies do
+  local key, last = reply_k[r], r
+  while last < replies and last - r < 999 and reply_k[last + 1] == key do last = last + 1 end
+  if failed(redis.pcall('RPUSH', key, unpack(reply_v, r, last))) then
+    reply_failures = reply_failures + (last - r + 1)
   elseif not reply_keys[key] then
     reply_keys[key] = true
   end
+  r = last + 1
 end
 for key in pairs(reply_keys) do
   redis.pcall('PEXPIRE', key, reply_ms)

@@ -403,11 +403,15 @@ class RedisBroker:
         keys_ = self.keys
         for o in outcomes:
             d = o.delivery
-            ops: list[Any] = []
-            n = 0
+            # The outcome's header; its operation count is filled in once they are added.
+            if d is None:
+                args += ("O", 0, "", 0)
+            else:
+                args += ("O", k(keys_.stream(d.queue)), d.message_id, 0)
+            header, n = len(args) - 1, 0
             if o.record is not None and o.task_id is not None:
-                ops += ("S", k(keys_.result(o.task_id)), o.record,
-                        max(1, int(o.result_ttl_s * 1000)))
+                args += ("S", k(keys_.result(o.task_id)), o.record,
+                         max(1, int(o.result_ttl_s * 1000)))
                 n += 1
             requeue = o.requeue
             # The guard key only for the operations that need one (most outcomes are a
@@ -416,23 +420,19 @@ class RedisBroker:
                 keys_.settle_guard(d.queue, d.message_id))
             if requeue is not None:
                 if requeue.due_at is None:
-                    ops += ("Q", k(keys_.stream(requeue.queue)), requeue.payload, guard)
+                    args += ("Q", k(keys_.stream(requeue.queue)), requeue.payload, guard)
                 else:
-                    ops += ("Z", k(keys_.delayed(requeue.queue)), requeue.payload,
-                            repr(requeue.due_at), guard)
+                    args += ("Z", k(keys_.delayed(requeue.queue)), requeue.payload,
+                             repr(requeue.due_at), guard)
                 n += 1
             if d is not None and o.dead_reason is not None:
-                ops += ("L", k(keys_.dead(d.queue)), d.payload, o.dead_reason, now,
-                        d.message_id, DEAD_LETTER_MAXLEN, guard)
+                args += ("L", k(keys_.dead(d.queue)), d.payload, o.dead_reason, now,
+                         d.message_id, DEAD_LETTER_MAXLEN, guard)
                 n += 1
             if o.reply_to is not None and o.record is not None:
-                ops += ("P", k(o.reply_to), o.record)
+                args += ("P", k(o.reply_to), o.record)
                 n += 1
-            if d is None:
-                args += ("O", 0, "", n)
-            else:
-                args += ("O", k(keys_.stream(d.queue)), d.message_id, n)
-            args += ops
+            args[header] = n
         failures, _reply_failures = await self._eval(_SETTLE, keys, args)
         return [SettleFailure(int(failures[i]) - 1, failures[i + 1].decode(errors="replace")
                               if isinstance(failures[i + 1], bytes) else str(failures[i + 1]))
