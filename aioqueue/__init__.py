@@ -5,7 +5,11 @@ Import everything from here; the submodules are implementation details.
 
 from __future__ import annotations
 
+from . import signals as signals
+from ._sync import SyncResult as SyncResult
 from .app import AioQueue as AioQueue
+from .app import current_app as current_app
+from .app import shared_task as shared_task
 from .config import Settings as Settings
 from .errors import AioQueueError as AioQueueError
 from .errors import BrokerConnectionError as BrokerConnectionError
@@ -52,6 +56,7 @@ __all__ = (
     "SerializationError",
     "Settings",
     "State",
+    "SyncResult",
     "Task",
     "TaskError",
     "TaskRevoked",
@@ -59,5 +64,7 @@ __all__ = (
     "Worker",
     "__version__",
     "crontab",
+    "current_app",
     "every",
+    "shared_task",
 )

@@ -8,14 +8,18 @@ worker keeps serving after any single bad message and nothing vanishes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from . import signals
 from ._concurrency import run_in_thread
 from ._keys import Keys
 from .broker import Broker, Delivery, Enqueue, Outcome
@@ -27,7 +31,7 @@ from .errors import (
     TaskRevoked,
     TimeLimitExceeded,
 )
-from .message import ResultRecord, State, TaskMessage
+from .message import ResultRecord, State, TaskMessage, get_serializer
 from .task import Request, Task, _current_request
 
 if TYPE_CHECKING:
@@ -46,10 +50,16 @@ class Running:
 
     delivery: Delivery
     task_id: str | None = None
+    task_name: str | None = None
     started: float = 0.0
     task: asyncio.Task[None] | None = None
     #: Set before cancelling from outside: "revoked" or "shutdown".
     cancel_reason: str | None = None
+    #: How the run ended, for hooks and signals (None: handed back, never finished).
+    state: State | None = None
+    retval: Any = None
+    exc: BaseException | None = None
+    tb: str | None = None
 
     def cancel(self, reason: str) -> None:
         """Cancel the running task, saying why."""
@@ -139,6 +149,36 @@ class TaskRunner:
             dead_reason=dead_reason,
         )
 
+    def _undecodable(self, delivery: Delivery, exc: SerializationError) -> Outcome:
+        """A message this app cannot decode: dead-lettered, and when another safe
+        serializer reads it (an app sharing this Redis with another ``task_serializer``),
+        also a FAILURE its producer can read, in its own format, so it never waits on
+        PENDING forever."""
+        log.error("dead-lettering undecodable message %s on queue %s: %s",
+                  delivery.message_id, delivery.queue, exc)
+        for name in ("msgpack", "json"):
+            if name == self.serializer.name:
+                continue
+            other = get_serializer(name)
+            try:
+                msg = other.decode_message(delivery.payload)
+            except SerializationError:
+                continue
+            error = SerializationError(
+                f"{msg.task}[{msg.id}] was sent encoded with {name}, but the worker's app "
+                f"{self.app.main!r} uses {self.serializer.name}: give apps that share a Redis "
+                f"the same task_serializer, or each its own key_prefix")
+            log.error("%s", error)
+            record = other.encode(ResultRecord(
+                id=msg.id, state=State.FAILURE, exc_type=_type_name(error),
+                exc_message=str(error), date_done=time.time(), task=msg.task,
+                worker=self.worker_name))
+            return Outcome(delivery=delivery, task_id=msg.id, record=record,
+                           result_ttl_s=self.result_ttl_s,
+                           reply_to=msg.reply_to if self._may_reply(msg) else None,
+                           dead_reason=f"undecodable: {exc}")
+        return Outcome(delivery=delivery, dead_reason=f"undecodable: {exc}")
+
     def _may_reply(self, msg: TaskMessage) -> bool:
         reply_to = msg.reply_to
         if reply_to is None:
@@ -186,10 +226,8 @@ class TaskRunner:
         try:
             msg = self.serializer.decode_message(delivery.payload)
         except SerializationError as exc:
-            log.error("dead-lettering undecodable message %s on queue %s: %s",
-                      delivery.message_id, delivery.queue, exc)
-            return Outcome(delivery=delivery, dead_reason=f"undecodable: {exc}")
-        running.task_id = msg.id
+            return self._undecodable(delivery, exc)
+        running.task_id, running.task_name = msg.id, msg.task
 
         if delivery.deliveries > self.max_deliveries:
             error = DeadLettered(
@@ -204,7 +242,9 @@ class TaskRunner:
         task = self.app.tasks.get(msg.task)
         if task is None:
             unknown = NotRegistered(
-                f"task {msg.task!r} is not registered with app {self.app.main!r}",
+                f"task {msg.task!r} is not registered with app {self.app.main!r} (is its "
+                f"module imported by the worker, e.g. include=[...]? apps that share a "
+                f"Redis need each their own key_prefix)",
                 task_name=msg.task, task_id=msg.id,
             )
             log.error("%s (message %s); moved to dead letters", unknown, msg.id)
@@ -228,6 +268,53 @@ class TaskRunner:
     async def _execute(
         self, running: Running, delivery: Delivery, msg: TaskMessage, task: Task[Any, Any]
     ) -> Outcome:
+        if not (task.has_hooks or signals.task_prerun or signals.task_postrun
+                or signals.task_success or signals.task_failure or signals.task_retry
+                or signals.task_revoked):
+            return await self._execute_plain(running, delivery, msg, task)
+        return await self._execute_hooked(running, delivery, msg, task)
+
+    async def _execute_hooked(
+        self, running: Running, delivery: Delivery, msg: TaskMessage, task: Task[Any, Any]
+    ) -> Outcome:
+        """A run with Celery's task hooks and signals around it (see ``aioqueue.signals``).
+
+        A hook or receiver that raises is logged; it never changes the task's outcome.
+        """
+        base = {"task_id": msg.id, "task": task, "args": msg.args, "kwargs": msg.kwargs}
+        if signals.task_prerun:
+            await signals.task_prerun.send(task, **base)
+        outcome = await self._execute_plain(running, delivery, msg, task)
+        state, exc, tb = running.state, running.exc, running.tb
+        if state is None:  # handed back (shutdown): it will run again
+            return outcome
+        opts = task.options
+        if state is State.SUCCESS:
+            if signals.task_success:
+                await signals.task_success.send(task, result=running.retval, task_id=msg.id)
+            await _hook(opts.on_success, running.retval, msg.id, msg.args, msg.kwargs)
+        elif state is State.RETRY:
+            request = current_request_of(msg, delivery)
+            if signals.task_retry:
+                await signals.task_retry.send(task, request=request, reason=exc, einfo=tb)
+            await _hook(opts.on_retry, exc, msg.id, msg.args, msg.kwargs, tb)
+        elif state is State.FAILURE:
+            if signals.task_failure:
+                await signals.task_failure.send(task, exception=exc, traceback=tb, einfo=tb,
+                                                **base)
+            await _hook(opts.on_failure, exc, msg.id, msg.args, msg.kwargs, tb)
+        elif state is State.REVOKED and signals.task_revoked:
+            await signals.task_revoked.send(task, request=current_request_of(msg, delivery),
+                                            terminated=True, expired=False)
+        retval = running.retval if state is State.SUCCESS else exc
+        await _hook(opts.after_return, str(state), retval, msg.id, msg.args, msg.kwargs, tb)
+        if signals.task_postrun:
+            await signals.task_postrun.send(task, retval=retval, state=str(state), **base)
+        return outcome
+
+    async def _execute_plain(
+        self, running: Running, delivery: Delivery, msg: TaskMessage, task: Task[Any, Any]
+    ) -> Outcome:
         opts = task.options
         if opts.track_started and not msg.ignore_result:
             started = ResultRecord(id=msg.id, state=State.STARTED, retries=msg.retries,
@@ -240,6 +327,7 @@ class TaskRunner:
             queue=delivery.queue, eta=msg.eta, expires=msg.expires,
             deliveries=delivery.deliveries, hostname=self.worker_name,
             max_retries=msg.max_retries, time_limit=msg.time_limit,
+            reply_to=msg.reply_to if msg.reply_to and self.keys.is_reply(msg.reply_to) else None,
         )
         token = _current_request.set(request)
         if self.log_info:
@@ -256,11 +344,13 @@ class TaskRunner:
                 async with asyncio.timeout(limit) as deadline:
                     value = await self._call(task, args, kwargs)
             outcome = self._outcome(delivery, msg, State.SUCCESS, result=value)
+            running.state, running.retval = State.SUCCESS, value
             if self.log_info:
                 log.info("Task %s[%s] succeeded in %.4fs: %.200r", msg.task, msg.id,
                          time.perf_counter() - start, value)
             return outcome
         except Retry as retry:
+            running.state, running.exc = State.RETRY, retry.exc or retry
             return self._retry(delivery, msg, retry.when, retry.exc or retry)
         except asyncio.CancelledError:
             if running.cancel_reason is None:
@@ -271,7 +361,10 @@ class TaskRunner:
         except Exception as exc:
             if not (isinstance(exc, TimeoutError) and deadline is not None
                     and deadline.expired()):
-                return self._failed(delivery, msg, task, exc)
+                failed = self._failed(delivery, msg, task, exc)
+                running.state = State.FAILURE if failed.requeue is None else State.RETRY
+                running.exc, running.tb = exc, "".join(traceback.format_exception(exc))
+                return failed
         finally:
             _current_request.reset(token)
         # Cancelled: by the time limit, a revoke, or shutdown.
@@ -282,6 +375,7 @@ class TaskRunner:
             return Outcome(delivery=delivery, requeue=Enqueue(delivery.queue, delivery.payload))
         if reason == "revoked":
             log.warning("Task %s[%s] terminated: revoked", msg.task, msg.id)
+            running.state = State.REVOKED
             return self._outcome(delivery, msg, State.REVOKED,
                                  exc=TaskRevoked("revoked and terminated while running"))
         error = TimeLimitExceeded(
@@ -290,13 +384,37 @@ class TaskRunner:
             task_name=msg.task, task_id=msg.id,
         )
         log.error("%s", error)
+        running.state, running.exc = State.FAILURE, error
         return self._outcome(delivery, msg, State.FAILURE, exc=error)
 
     async def _call(self, task: Task[Any, Any], args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
+        contexts = self.app.task_contexts
+        if contexts:
+            return await self._call_in_contexts(task, args, kwargs, contexts)
         if task.is_async:
             return await task.fn(*args, **kwargs)
         return await run_in_thread(task.fn, args, kwargs, self.thread_limiter)
+
+    async def _call_in_contexts(
+        self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        contexts: list[Callable[[Task[Any, Any], Any], Any]],
+    ) -> Any:
+        """Run inside every ``app.task_context`` (for a ``def`` task: in its thread)."""
+        request = _current_request.get(None)
+        if task.is_async:
+            with contextlib.ExitStack() as stack:
+                for factory in contexts:
+                    stack.enter_context(factory(task, request))
+                return await task.fn(*args, **kwargs)
+
+        def in_contexts(*call_args: Any, **call_kwargs: Any) -> Any:
+            with contextlib.ExitStack() as stack:
+                for factory in contexts:
+                    stack.enter_context(factory(task, request))
+                return task.fn(*call_args, **call_kwargs)
+
+        return await run_in_thread(in_contexts, args, kwargs, self.thread_limiter)
 
     def _failed(
         self, delivery: Delivery, msg: TaskMessage, task: Task[Any, Any], exc: Exception
@@ -327,3 +445,22 @@ class TaskRunner:
         requeue = Enqueue(delivery.queue, self.serializer.encode(again), due)
         return self._outcome(delivery, msg, State.RETRY, exc=exc, tb=tb,
                              retries=msg.retries + 1, requeue=requeue)
+
+
+def current_request_of(msg: TaskMessage, delivery: Delivery) -> Request:
+    """A request for signals sent after the run (its context variable is reset by then)."""
+    return Request(id=msg.id, task=msg.task, args=msg.args, kwargs=msg.kwargs,
+                   retries=msg.retries, queue=delivery.queue, eta=msg.eta,
+                   expires=msg.expires, deliveries=delivery.deliveries)
+
+
+async def _hook(fn: Callable[..., Any] | None, *args: Any) -> None:
+    """Call one of Celery's task hooks (on_success, on_failure, ...); log what it raises."""
+    if fn is None:
+        return
+    try:
+        reply = fn(*args)
+        if inspect.isawaitable(reply):
+            await reply
+    except Exception:
+        log.exception("task hook %r raised (the task's outcome stands)", fn)

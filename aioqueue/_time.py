@@ -9,7 +9,14 @@ __all__ = ("from_epoch", "to_epoch", "when_to_epoch")
 
 
 def to_epoch(when: datetime) -> float:
-    """Epoch seconds of ``when``; a naive datetime is read as UTC (documented behaviour)."""
+    """Epoch seconds of ``when``; a naive datetime is read as UTC.
+
+    That is how Celery reads a naive ``eta``/``expires``, whatever ``timezone`` and
+    ``enable_utc`` say: its worker calls ``maybe_make_aware(eta, tz)``, whose
+    ``naive_as_utc=True`` makes the naive time UTC before converting it to ``tz``
+    (celery/worker/request.py, celery/utils/time.py; checked against Celery 5.7 for both
+    ``enable_utc`` values with ``timezone="Asia/Shanghai"``).
+    """
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()

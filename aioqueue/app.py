@@ -8,9 +8,11 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
+from ._sync import SyncResult, in_async_context, portal
 from ._time import to_epoch, when_to_epoch
 from .broker import Broker, Enqueue, create_broker, redact_url
 from .config import Settings
@@ -31,6 +33,67 @@ _Handle = AsyncResult[Any]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+#: The app made last in this process (Celery's ``current_app``), held weakly.
+_current_app: weakref.ref[AioQueue] | None = None
+
+
+def current_app() -> AioQueue:
+    """The app made last in this process: what ``@shared_task`` and a bare
+    ``AsyncResult(task_id)`` use, as Celery's ``current_app``."""
+    app = None if _current_app is None else _current_app()
+    if app is None:
+        raise ConfigurationError(
+            "no aioqueue app exists yet: create one (app = AioQueue(...)) before using "
+            "@shared_task tasks or AsyncResult(task_id), or use app.AsyncResult(task_id)")
+    return app
+
+
+#: ``@shared_task`` definitions, registered with every app (made before or after them).
+_shared_tasks: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+_all_apps: weakref.WeakSet[AioQueue] = weakref.WeakSet()
+
+
+class SharedTask:
+    """A ``@shared_task``: the task of that name on the current app, looked up at each use.
+
+    For reusable apps (a Django app's ``tasks.py``) that must not import the project's
+    AioQueue: the function is registered with every app, and ``add.delay(...)`` goes
+    through whichever app was made last (Celery's ``current_app``).
+    """
+
+    def __init__(self, fn: Callable[..., Any], name: str) -> None:
+        self.fn = fn
+        self.name = name
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__wrapped__ = fn
+
+    def _task(self) -> Task[Any, Any]:
+        return current_app().tasks[self.name]
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._task(), attr)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._task()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<shared task {self.name}>"
+
+
+def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Celery's ``@shared_task``: a task for every app, used through the current one."""
+
+    def register(f: Callable[..., Any]) -> SharedTask:
+        name = options.get("name") or f"{f.__module__}.{f.__qualname__}"
+        _shared_tasks.append((f, {**options, "name": name}))
+        for app in list(_all_apps):
+            app._register(f, {**options, "name": name})
+        return SharedTask(f, name)
+
+    return register(fn) if fn is not None else register
 
 
 def new_task_id() -> str:
@@ -54,6 +117,13 @@ def _forget_parent_state_after_fork(app: AioQueue) -> None:
 
     if hasattr(os, "register_at_fork"):  # not on Windows
         os.register_at_fork(after_in_child=after_in_child)
+
+
+@dataclass(slots=True)
+class _PortalConnections:
+    broker: Broker
+    waiter: ResultWaiter
+    reply_to: str
 
 
 class _TaskDecorator(Protocol):
@@ -83,8 +153,10 @@ class AioQueue:
         main: str = "aioqueue",
         broker: str | None = None,
         backend: str | None = None,
+        include: Sequence[str] = (),
         **settings: Any,
     ) -> None:
+        global _current_app
         self.main = main
         self.conf = Settings()
         if broker is not None:
@@ -92,19 +164,95 @@ class AioQueue:
         if backend is not None:
             settings["result_backend"] = backend
         self.conf.update(**settings)
+        self._apply_env_overrides()
+        self.config_notices: list[str] = self.conf.notices
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._broker: Broker | None = None
         self._broker_loop: asyncio.AbstractEventLoop | None = None
         self._waiter: ResultWaiter | None = None
         self._reply_to = self._new_reply_to()
+        #: The sync portal's own connections (see ``aioqueue._sync``), made on its first use.
+        self._portal: _PortalConnections | None = None
         _forget_parent_state_after_fork(self)
         #: Schedules declared with ``@app.periodic``: name -> beat_schedule entry.
         self.periodic_tasks: dict[str, dict[str, Any]] = {}
+        #: Modules imported when a worker starts (Celery's ``include``), after ``imports``.
+        self.include: list[str] = list(include)
+        #: Factories of context managers entered around every task run (``task_context``).
+        self.task_contexts: list[Callable[[Task[Any, Any], Any], Any]] = []
+        #: Async context managers run once per worker process (``lifespan``).
+        self.lifespans: list[Callable[[], Any]] = []
+        #: What the lifespans yielded, in a running worker process (``Task.resources``).
+        self.resources: dict[str, Any] = {}
+        _current_app = weakref.ref(self)
+        _all_apps.add(self)
+        for fn, options in _shared_tasks:
+            self._register(fn, dict(options))
 
     def __repr__(self) -> str:
         return f"<AioQueue {self.main} broker={self.display_broker_url}>"
 
     # -- configuration ---------------------------------------------------------------------
+    def config_from_object(
+        self,
+        obj: Any,
+        *,
+        namespace: str | None = None,
+        silent: bool = False,
+        force: bool = True,
+    ) -> bool:
+        """Read Celery-style settings: ``app.config_from_object("proj.celeryconfig")``.
+
+        ``obj`` is a dotted module path, ``"module:attr"`` (``"django.conf:settings"``), a
+        module, a class, any object or a mapping. Celery's lowercase names and its old
+        uppercase ones (``BROKER_URL``, ``CELERYD_CONCURRENCY``) are read; with
+        ``namespace="CELERY"`` the ``CELERY_``-prefixed ones, as Celery does. A setting with no
+        meaning here adds a line to :attr:`config_notices` (a worker logs them at start-up);
+        an unknown name raises ``ConfigurationError`` with a did-you-mean. ``AIOQUEUE_*``
+        environment variables still win. ``silent=True``: an object that cannot be imported
+        returns False. ``force`` is accepted for Celery's signature: reading is always now.
+        """
+        from ._celery_config import ConfigImportError, settings_from_object
+
+        try:
+            settings, notices = settings_from_object(obj, namespace=namespace)
+        except ConfigImportError:
+            if silent:
+                return False
+            raise
+        prefix, known = self.conf.key_prefix, len(self.conf.notices)
+        self.conf.update(**settings)
+        # update() explains these settings by their aioqueue names; ``notices`` does too,
+        # under the names the configuration used (CELERYD_PREFETCH_MULTIPLIER...): keep those.
+        del self.conf.notices[known:]
+        self.conf._note(notices)
+        self._apply_env_overrides()
+        if self.conf.key_prefix != prefix:  # workers reply only to keys under the prefix
+            self._reply_to = self._new_reply_to()
+        return True
+
+    def config_from_envvar(
+        self, variable_name: str, *, silent: bool = False, force: bool = True
+    ) -> bool:
+        """``config_from_object`` of the module named by an environment variable (Celery's)."""
+        module_name = os.environ.get(variable_name)
+        if not module_name:
+            if silent:
+                return False
+            raise ConfigurationError(
+                f"environment variable {variable_name} is not set: it should name a "
+                f"configuration module, e.g. {variable_name}=proj.celeryconfig"
+            )
+        return self.config_from_object(module_name, silent=silent, force=force)
+
+    def _apply_env_overrides(self) -> None:
+        """``AIOQUEUE_<SETTING>`` environment variables win over code and configuration."""
+        from ._celery_config import settings_from_env
+
+        overrides = settings_from_env(os.environ)
+        if overrides:
+            self.conf.update(**overrides)
+
     @property
     def display_broker_url(self) -> str:
         """The broker URL without its password."""
@@ -113,7 +261,7 @@ class AioQueue:
     @property
     def serializer(self) -> Serializer:
         """The configured serializer."""
-        return get_serializer(self.conf.task_serializer)
+        return get_serializer(self.conf.task_serializer, self.conf.task_compression)
 
     @property
     def broker(self) -> Broker:
@@ -122,26 +270,66 @@ class AioQueue:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
+        if self._broker is not None and (loop is None or loop is self._broker_loop):
+            return self._broker
+        if loop is not None and loop is portal.loop:
+            return self._portal_connections().broker
         if self._broker is None or (loop is not None and loop is not self._broker_loop):
-            backend = self.conf.result_backend
-            if backend is not None and backend != self.conf.broker_url:
-                raise ConfigurationError(
-                    "a result backend apart from the broker is not supported: results are "
-                    "stored atomically with the acknowledgement; leave backend unset"
-                )
-            self._broker = create_broker(
-                self.conf.broker_url,
-                prefix=self.conf.key_prefix,
-                connect_timeout_s=self.conf.broker_connection_timeout,
-            )
+            old_loop = self._broker_loop
+            if self._broker is not None and old_loop is not None and old_loop.is_closed():
+                # The loop it served is gone (Django closes one per async view under WSGI;
+                # asyncio.run() in a loop): close its sockets now, not at GC.
+                self._broker.abandon()
+            self._broker = self._new_broker()
             self._broker_loop = loop
             self._waiter = None
         return self._broker
+
+    def _new_broker(self) -> Broker:
+        backend = self.conf.result_backend
+        if backend is not None and backend != self.conf.broker_url:
+            raise ConfigurationError(
+                "a result backend apart from the broker is not supported: results are "
+                "stored atomically with the acknowledgement; leave backend unset"
+            )
+        return create_broker(
+            self.conf.broker_url,
+            prefix=self.conf.key_prefix,
+            connect_timeout_s=self.conf.broker_connection_timeout,
+        )
+
+    def _portal_connections(self) -> _PortalConnections:
+        """The sync portal's broker, waiter and reply list (only ever used on its loop).
+
+        Its own reply list: sharing the app's with a loop in another thread would make the
+        two waiters pop each other's replies.
+        """
+        connections = self._portal
+        if connections is None:
+            broker = self._new_broker()
+            reply_to = self._new_reply_to()
+            connections = self._portal = _PortalConnections(
+                broker, ResultWaiter(broker, self.serializer, reply_to), reply_to)
+        return connections
+
+    def _portal_here(self) -> _PortalConnections | None:
+        """The portal's connections when running on the portal's loop, else None."""
+        portal_loop = portal.running_loop
+        if portal_loop is None:
+            return None  # the common case: no sync caller in this process
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        # Made here if needed: the first sync send must already give its reply list.
+        return self._portal_connections() if loop is portal_loop else None
 
     @property
     def waiter(self) -> ResultWaiter:
         """This process's result waiter for the running loop (see ``aioqueue.result``)."""
         broker = self.broker
+        if self._portal is not None and broker is self._portal.broker:
+            return self._portal.waiter
         if self._waiter is None:
             self._waiter = ResultWaiter(broker, self.serializer, self._reply_to)
         return self._waiter
@@ -161,6 +349,7 @@ class AioQueue:
         self._waiter = None
         self._broker = None
         self._broker_loop = None
+        self._portal = None  # the parent's portal thread did not survive the fork
 
     async def close(self) -> None:
         """Close connections (also done by ``async with app:``).
@@ -174,6 +363,18 @@ class AioQueue:
         if self._broker is not None:
             await self._broker.close()
             self._broker = None
+        connections, self._portal = self._portal, None
+        if connections is not None and portal.loop is not None:
+            # The portal's connections live on its loop: close them there.
+            async def close_portal() -> None:
+                await connections.waiter.close()
+                await connections.broker.close()
+
+            if asyncio.get_running_loop() is portal.loop:
+                await close_portal()
+            else:
+                await asyncio.wrap_future(
+                    asyncio.run_coroutine_threadsafe(close_portal(), portal.loop))
 
     async def __aenter__(self) -> AioQueue:
         await self.broker.connect()
@@ -181,6 +382,74 @@ class AioQueue:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    # -- discovery -------------------------------------------------------------------------
+    def import_tasks(self) -> None:
+        """Import the modules of ``include`` (and the ``imports`` setting, when set), so
+        their tasks are registered; a worker does this at start-up."""
+        import importlib
+
+        modules = [*getattr(self.conf, "imports", ()), *self.include]
+        for module in dict.fromkeys(modules):
+            importlib.import_module(module)
+
+    def autodiscover_tasks(
+        self, packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+        related_name: str = "tasks", force: bool = True,
+    ) -> list[str]:
+        """Import ``<package>.tasks`` for every package that has one; returns those found.
+
+        ``packages`` defaults to Django's installed apps (as Celery's). ``force`` is
+        accepted for Celery's signature: discovery always runs now.
+        """
+        import importlib
+        import importlib.util
+
+        names: Iterable[str]
+        if packages is None:
+            # Django's installed apps, as Celery's; imported on use (only Django projects
+            # have Django).
+            names = importlib.import_module("aioqueue.contrib.django").installed_app_modules()
+        elif callable(packages):
+            names = packages()
+        else:
+            names = packages
+        found = []
+        for package in names:
+            name = f"{package}.{related_name}" if related_name else package
+            try:
+                spec = importlib.util.find_spec(name)
+            except (ModuleNotFoundError, ValueError):  # no such package / a module made
+                spec = None                            # at run time, without a spec
+            if spec is None:
+                continue
+            importlib.import_module(name)
+            found.append(name)
+        return found
+
+    # -- hooks -------------------------------------------------------------------------------
+    def task_context(
+        self, factory: Callable[[Task[Any, Any], Any], Any]
+    ) -> Callable[[Task[Any, Any], Any], Any]:
+        """Enter ``factory(task, request)`` (a context manager) around every task run.
+
+        For ``def`` tasks it is entered in the worker thread that runs the task; for
+        ``async def`` tasks around the coroutine. The hook for a Flask app context
+        (``lambda task, request: flask_app.app_context()``) or Django's connection
+        handling. Usable as a decorator.
+        """
+        self.task_contexts.append(factory)
+        return factory
+
+    def lifespan(self, factory: Callable[[], Any]) -> Callable[[], Any]:
+        """Run ``factory()`` (an async context manager) once per worker process.
+
+        What it yields is a resource tasks receive through ``Task.resources`` (e.g. a
+        database pool or an HTTP client), opened when the worker starts and closed when it
+        stops. Usable as a decorator on an ``@asynccontextmanager`` function.
+        """
+        self.lifespans.append(factory)
+        return factory
 
     # -- registry --------------------------------------------------------------------------
     @overload
@@ -235,6 +504,14 @@ class AioQueue:
         for key, value in defaults.items():
             if options.get(key) is None:
                 options[key] = value
+        # As Celery: annotations override the decorator's options; unknown keys (rate_limit
+        # until flow control lands) are kept in ``extra``.
+        annotations = self.conf.annotations_for(name)
+        fields = set(TaskOptions.__dataclass_fields__)
+        extra = {k: v for k, v in annotations.items() if k not in fields}
+        options.update({k: v for k, v in annotations.items() if k in fields})
+        if extra:
+            options["extra"] = {**options.get("extra", {}), **extra}
         if "autoretry_for" in options:
             options["autoretry_for"] = tuple(options["autoretry_for"])
         try:
@@ -302,6 +579,7 @@ class AioQueue:
         max_retries: int | None = None,
         reply: bool = True,
         now: float | None = None,
+        reply_key: str | None = None,
     ) -> tuple[TaskMessage, Enqueue]:
         now = time.time() if now is None else now
         task = self.tasks.get(name)
@@ -325,7 +603,7 @@ class AioQueue:
             eta=due,
             expires=expires_at,
             time_limit=time_limit,
-            reply_to=None if ignore_result or not reply else self._reply_to,
+            reply_to=None if ignore_result or not reply else (reply_key or self._reply_to),
             ignore_result=ignore_result,
             max_retries=max_retries,
         )
@@ -355,7 +633,9 @@ class AioQueue:
     async def _send(
         self, task: Task[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any], **options: Any
     ) -> AsyncResult[R]:
-        msg, item = self._build(task.name, args, kwargs, **options)
+        here = self._portal_here()
+        msg, item = self._build(task.name, args, kwargs,
+                                reply_key=None if here is None else here.reply_to, **options)
         # The handle first: it registers its id with the waiter, which drops replies for
         # ids nobody holds, and the reply can come before enqueue() returns.
         handle: AsyncResult[R] = AsyncResult(
@@ -379,7 +659,9 @@ class AioQueue:
         # for 20,000 calls (smaller buffers, and Redis starts on a chunk while we build the next).
         for start in range(0, len(calls), _BATCH_CHUNK):
             now = time.time()
-            built = [self._build(task.name, args, {}, now=now)
+            here = self._portal_here()
+            reply_key = None if here is None else here.reply_to
+            built = [self._build(task.name, args, {}, now=now, reply_key=reply_key)
                      for args in calls[start:start + _BATCH_CHUNK]]
             waiter = None if built[0][0].reply_to is None else self.waiter
             # Handles before the write, as in _send.
@@ -399,11 +681,25 @@ class AioQueue:
         ``reply=False`` stores the result without pushing it to this process (for senders
         that never await, like beat).
         """
-        msg, item = self._build(name, tuple(args or ()), dict(kwargs or {}), **options)
+        here = self._portal_here()
+        msg, item = self._build(name, tuple(args or ()), dict(kwargs or {}),
+                                reply_key=None if here is None else here.reply_to, **options)
         return await self._enqueue_one(msg, item, name)
 
+    def _send_sync(self, task: Task[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any],
+                   what: str, **options: Any) -> SyncResult[R]:
+        """Send from sync code, through the portal (see ``aioqueue._sync``)."""
+        handle = portal.call(lambda: self._send(task, args, kwargs, **options), what)
+        return SyncResult(handle)
+
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
-        """A handle on a task by id, usable from any process."""
+        """A handle on a task by id, usable from any process.
+
+        In sync code (no event loop running in this thread) it is a blocking
+        :class:`~aioqueue.SyncResult`, as Celery's ``app.AsyncResult(task_id)``.
+        """
+        if not in_async_context():
+            return SyncResult(AsyncResult(task_id, self))  # type: ignore[return-value]
         return AsyncResult(task_id, self)
 
     async def _load_record(self, task_id: str) -> ResultRecord | None:
@@ -460,6 +756,8 @@ class AioQueue:
         burst: bool = False,
         beat: bool = False,
         name: str | None = None,
+        max_tasks: int | None = None,
+        retry_on_startup: bool = False,
     ) -> Worker:
         """A worker for this app: ``async with app.worker(concurrency=50): ...``.
 
@@ -474,4 +772,6 @@ class AioQueue:
             burst=burst,
             beat=beat,
             name=name or f"{os.uname().nodename}.{os.getpid()}.{uuid.uuid4().hex[:6]}",
+            max_tasks=max_tasks,
+            retry_on_startup=retry_on_startup,
         )

@@ -10,8 +10,20 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigurationError
+from .message import COMPRESSIONS, get_serializer
 
 __all__ = ("Settings",)
+
+#: Celery's content types for its serializer names.
+_CONTENT_TYPES = {
+    "application/json": "json", "application/x-msgpack": "msgpack",
+    "application/x-python-serialize": "pickle", "application/x-yaml": "yaml",
+}  # fmt: skip
+#: kombu's names for compressions (its "gzip" is zlib's format; either decompresses here).
+_COMPRESSION_ALIASES = {
+    "application/x-gzip": "zlib", "bzip2": "bz2", "bzip": "bz2", "application/x-bz2": "bz2",
+    "xz": "lzma", "application/x-lzma": "lzma",
+}  # fmt: skip
 
 
 @dataclass(repr=False)
@@ -53,17 +65,85 @@ class Settings:
     beat_schedule: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: How long the beat leader's lease lasts without renewal (a new leader takes over after).
     beat_lease_ttl: float = 5.0
+    #: Celery's per-task option overrides: ``{"tasks.add": {"time_limit": 5}, "*": {...}}``,
+    #: or a list of such dicts. :meth:`annotations_for` resolves them for one task as Celery
+    #: does; they take only aioqueue's task options (``queue``, ``time_limit``, ...).
+    task_annotations: dict[str, dict[str, Any]] | list[dict[str, dict[str, Any]]] | None = None
+    #: Serializers a worker accepts (Celery's names or content types). Messages carry no
+    #: content type and there is one serializer per app, so this is a check: it must include
+    #: ``task_serializer``. None: just ``task_serializer``.
+    accept_content: list[str] | None = None
+    #: Compress task messages with ``"zlib"``, ``"gzip"``, ``"bz2"`` or ``"lzma"`` (None: no).
+    #: Workers decompress any compressed message whatever their own setting, so producers can
+    #: turn it on one at a time. Results are not compressed.
+    task_compression: str | None = None
+    #: ``aioqueue worker`` replaces a worker process (gracefully) after it has run this many
+    #: tasks (``--max-tasks-per-child``; the worker then runs under its supervisor).
+    worker_max_tasks_per_child: int | None = None
+    #: ... or once its resident memory exceeds this many KiB (``--max-memory-per-child``).
+    worker_max_memory_per_child: int | None = None
+    #: ``aioqueue worker`` started while Redis is unreachable keeps trying, with a log line
+    #: per attempt, instead of exiting (False: exit after ``broker_connection_timeout``).
+    broker_connection_retry_on_startup: bool = True
+    #: Warn when an ``async def`` task blocks the worker's event loop this many seconds
+    #: (``time.sleep`` in async code); None: never.
+    worker_blocked_loop_warning: float | None = 1.0
+    #: Celery's ``enable_utc``. Naive datetimes (``eta``, ``expires``) are read as UTC either
+    #: way, as Celery 4+ reads them; crontabs follow ``timezone``. (A Celery configuration read
+    #: by ``config_from_object`` with ``enable_utc=False`` and no timezone gets the host's zone.)
+    enable_utc: bool = True
+    #: Celery's ``worker_prefetch_multiplier``; no effect beyond documenting intent: a worker
+    #: fetches at most its free concurrency slots, so prefetch is effectively 1 per slot.
+    worker_prefetch_multiplier: int = 1
+    #: Celery's ``task_soft_time_limit`` in seconds; kept, not enforced: ``task_time_limit``
+    #: cancels the coroutine, which can clean up in ``except CancelledError``/``finally``.
+    task_soft_time_limit: float | None = None
+    #: Modules a worker imports at start-up so their tasks register (Celery's ``imports``, and
+    #: its ``include`` setting read by ``config_from_object``), before ``AioQueue(include=)``.
+    imports: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        #: Human notices about settings with no effect here (Celery's names): a worker logs
+        #: them once at start-up. ``app.config_notices`` is this list.
+        self.notices: list[str] = []
 
     def update(self, **changes: Any) -> None:
-        """Change settings by name; an unknown name raises ``ConfigurationError``."""
+        """Change settings by name; an unknown name raises ``ConfigurationError``.
+
+        Celery's names work too: its lowercase ones and its old uppercase ones
+        (``CELERYD_CONCURRENCY=8``, ``CELERY_TASK_RESULT_EXPIRES=60``) are mapped onto
+        aioqueue's settings, and one with no meaning here (``task_acks_late``) adds a line to
+        :attr:`notices` saying what to do instead.
+        """
+        from ._celery_config import notices_for_field, translate_setting
+
         names = {f.name for f in dataclasses.fields(self)}
+        resolved: dict[str, Any] = {}
         for name, value in changes.items():
-            if name not in names:
-                close = [n for n in sorted(names) if n.split("_")[-1] in name]
-                hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise ConfigurationError(f"unknown setting {name!r}{hint}")
+            if name in names:
+                resolved[name] = value
+                self._note(notices_for_field(name, value))
+                continue
+            settings, notices = translate_setting(name, value)  # unknown: a did-you-mean
+            resolved.update(settings)
+            self._note(notices)
+        for name, value in resolved.items():
             setattr(self, name, value)
         self.validate()
+
+    def _note(self, notices: list[str]) -> None:
+        self.notices.extend(n for n in notices if n not in self.notices)
+
+    def annotations_for(self, task_name: str) -> dict[str, Any]:
+        """The ``task_annotations`` options for one task, as Celery applies them: the first
+        map naming the task, then the first ``"*"`` map (which wins where both set a key)."""
+        value = self.task_annotations
+        maps = [value] if isinstance(value, dict) else list(value or ())
+        merged: dict[str, Any] = {}
+        for key in (task_name, "*"):
+            found = next((m[key] for m in maps if key in m), None)
+            merged.update(found or {})
+        return merged
 
     def validate(self) -> None:
         """Raise ``ConfigurationError`` naming the first invalid setting."""
@@ -95,6 +175,68 @@ class Settings:
             raise ConfigurationError(
                 f"max_deliveries must be at least 1, not {self.max_deliveries}"
             )
+        self._validate_celery_style()
+
+    def _validate_celery_style(self) -> None:
+        """The settings ported Celery configurations bring (see ``_celery_config``)."""
+        from ._celery_config import TaskRoutes, normalise_routes
+
+        serializer = get_serializer(self.task_serializer)  # unknown: ConfigurationError
+        if self.accept_content is not None:
+            if isinstance(self.accept_content, str) or not all(
+                    isinstance(c, str) for c in self.accept_content):
+                raise ConfigurationError(
+                    f"accept_content must be a list of serializer names, not "
+                    f"{self.accept_content!r}")
+            accepted = {_CONTENT_TYPES.get(c, c) for c in self.accept_content}
+            if serializer.name not in accepted:
+                raise ConfigurationError(
+                    f"task_serializer {serializer.name!r} is not in accept_content "
+                    f"{list(self.accept_content)!r}: workers could run no message; add it, or "
+                    f"set task_serializer to one of them"
+                )
+        compression = self.task_compression
+        if compression is not None:
+            compression = _COMPRESSION_ALIASES.get(compression, compression)
+            if compression not in COMPRESSIONS:
+                raise ConfigurationError(
+                    f"task_compression must be None or one of {', '.join(COMPRESSIONS)}, "
+                    f"not {self.task_compression!r}"
+                )
+            self.task_compression = compression
+        for name in ("worker_max_tasks_per_child", "worker_max_memory_per_child",
+                     "worker_prefetch_multiplier"):
+            value = getattr(self, name)
+            least = 0 if name == "worker_prefetch_multiplier" else 1
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < least):
+                raise ConfigurationError(
+                    f"{name} must be an integer of at least {least}, not {value!r}")
+        limit = self.task_soft_time_limit
+        if limit is not None and not (isinstance(limit, int | float) and math.isfinite(limit)
+                                      and limit > 0):
+            raise ConfigurationError(
+                f"task_soft_time_limit must be a positive, finite number of seconds, not "
+                f"{limit!r}")
+        if isinstance(self.imports, str):
+            self.imports = [self.imports]
+        if not all(isinstance(m, str) for m in self.imports):
+            raise ConfigurationError(f"imports must be a list of module names: {self.imports!r}")
+        self.imports = list(self.imports)
+        annotations = self.task_annotations
+        maps = [annotations] if isinstance(annotations, dict) else annotations
+        if maps is not None and (not isinstance(maps, list | tuple) or not all(
+                isinstance(m, dict) and all(isinstance(v, dict) for v in m.values())
+                for m in maps)):
+            raise ConfigurationError(
+                "task_annotations must be a dict of task name -> options dict, or a list of "
+                f"them, not {annotations!r}")
+        routes = self.task_routes
+        plain = type(routes) is dict and all(
+            isinstance(k, str) and "*" not in k and isinstance(v, str) for k, v in routes.items())
+        if not (plain or isinstance(routes, TaskRoutes)):  # Celery's forms: globs, lists...
+            self.task_routes, notices = normalise_routes(routes)
+            self._note([f"task_routes: {n}" for n in notices])
 
     @property
     def result_expires_s(self) -> float:

@@ -7,11 +7,19 @@ reused: building them is the expensive part.
 
 Pickle is deliberately not a default: anyone able to write to Redis could make every worker
 run code. It exists only behind an explicit ``serializer="pickle"``.
+
+``task_compression`` compresses encoded task messages behind a one-byte marker (see
+*compression* below); every serializer decompresses them, whatever its own setting.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import pickle
+import zlib
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Final, Protocol
 
@@ -20,6 +28,7 @@ import msgspec
 from .errors import ConfigurationError, SerializationError
 
 __all__ = (
+    "COMPRESSIONS",
     "SERIALIZERS",
     "ResultRecord",
     "Serializer",
@@ -40,6 +49,8 @@ class State(StrEnum):
     FAILURE = "FAILURE"
     SUCCESS = "SUCCESS"
     REVOKED = "REVOKED"
+    #: Set by a running task's ``update_state(state="PROGRESS", meta=...)``.
+    PROGRESS = "PROGRESS"
 
     def __str__(self) -> str:
         return self.value
@@ -126,6 +137,8 @@ class _MsgspecSerializer:
         return data
 
     def decode_message(self, data: bytes) -> TaskMessage:
+        if data[:1] == _COMPRESSED:
+            data = _decompress(data, self.name)
         try:
             msg: TaskMessage = self._decode_message(data)
         except (msgspec.DecodeError, ValueError, TypeError) as exc:
@@ -161,6 +174,8 @@ class _PickleSerializer:
         return obj
 
     def decode_message(self, data: bytes) -> TaskMessage:
+        if data[:1] == _COMPRESSED:
+            data = _decompress(data, self.name)
         msg: TaskMessage = self._load(data, TaskMessage)
         return msg
 
@@ -185,14 +200,82 @@ SERIALIZERS: Final[dict[str, Serializer]] = {
 }
 
 
-def get_serializer(name: str) -> Serializer:
-    """The serializer called ``name``: ``msgpack`` (default), ``json``, or opt-in ``pickle``."""
+def get_serializer(name: str, compression: str | None = None) -> Serializer:
+    """The serializer called ``name``: ``msgpack`` (default), ``json``, or opt-in ``pickle``.
+
+    With ``compression`` (a name in :data:`COMPRESSIONS`) it compresses the task messages it
+    encodes. Every serializer decompresses a compressed message, whatever its own setting.
+    """
     if name == "pickle":
-        return _PickleSerializer()
+        base: Serializer = _PickleSerializer()
+    else:
+        try:
+            base = SERIALIZERS[name]
+        except KeyError:
+            raise ConfigurationError(
+                f"unknown serializer {name!r}: choose 'msgpack' or 'json' "
+                "('pickle' only if you trust everyone who can write to your Redis)"
+            ) from None
+    if compression is None:
+        return base
+    key = (name, compression)
+    wrapped = _COMPRESSING.get(key)
+    if wrapped is None:
+        if compression not in COMPRESSIONS:
+            raise ConfigurationError(
+                f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
+        wrapped = _COMPRESSING[key] = _Compressing(base, compression)
+    return wrapped
+
+
+# -- compression ------------------------------------------------------------------------------
+# A compressed message is _COMPRESSED + one codec tag byte + the compressed encoding. 0xC1 is
+# the one byte msgpack never uses, and no JSON text (UTF-8) or pickle (0x80) starts with it,
+# so a message says by its first byte whether it is compressed: no header, no setting needed
+# to read it, and an older aioqueue fails to decode it rather than misreading it.
+_COMPRESSED: Final = b"\xc1"
+_Codec = tuple[bytes, Callable[[bytes], bytes], Callable[[bytes], bytes]]
+_CODECS: Final[dict[str, _Codec]] = {
+    "zlib": (b"z", zlib.compress, zlib.decompress),
+    "gzip": (b"g", gzip.compress, gzip.decompress),
+    "bz2": (b"b", bz2.compress, bz2.decompress),
+    "lzma": (b"x", lzma.compress, lzma.decompress),
+}
+_BY_TAG: Final = {tag: decompress for tag, _, decompress in _CODECS.values()}
+#: Names ``task_compression`` takes.
+COMPRESSIONS: Final = tuple(_CODECS)
+_COMPRESSING: dict[tuple[str, str], Serializer] = {}
+
+
+def _decompress(data: bytes, serializer: str) -> bytes:
+    decompress = _BY_TAG.get(bytes(data[1:2]))
+    if decompress is None:
+        raise SerializationError(
+            f"undecodable task message ({serializer}): unknown compression tag {data[1:2]!r}")
     try:
-        return SERIALIZERS[name]
-    except KeyError:
-        raise ConfigurationError(
-            f"unknown serializer {name!r}: choose 'msgpack' or 'json' "
-            "('pickle' only if you trust everyone who can write to your Redis)"
-        ) from None
+        return decompress(bytes(data[2:]))
+    except (zlib.error, OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+        raise SerializationError(
+            f"undecodable task message ({serializer}): corrupt compressed data: {exc}") from exc
+
+
+class _Compressing:
+    """A serializer that compresses the task messages it encodes (results stay as they are)."""
+
+    def __init__(self, inner: Serializer, compression: str) -> None:
+        # The inner name: the result waiter picks its fast id reader by it (records are plain).
+        self.name = inner.name
+        self._inner = inner
+        self._tag, self._compress, _ = _CODECS[compression]
+
+    def encode(self, obj: TaskMessage | ResultRecord) -> bytes:
+        data = self._inner.encode(obj)
+        if isinstance(obj, TaskMessage):
+            return _COMPRESSED + self._tag + self._compress(data)
+        return data
+
+    def decode_message(self, data: bytes) -> TaskMessage:
+        return self._inner.decode_message(data)
+
+    def decode_record(self, data: bytes) -> ResultRecord:
+        return self._inner.decode_record(data)

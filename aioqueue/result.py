@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
@@ -210,6 +210,22 @@ class ResultWaiter:
         self._released_elsewhere: deque[str] = deque()
         #: Replies dropped unread because nothing here waits for them (for tests and ops).
         self.dropped_replies = 0
+        #: ``handle.progress()`` iterators per task id: where PROGRESS replies go.
+        self._progress: dict[str, list[asyncio.Queue[ResultRecord]]] = {}
+
+    # -- progress --------------------------------------------------------------------------
+    def watch_progress(self, task_id: str) -> asyncio.Queue[ResultRecord]:
+        """A queue that receives the PROGRESS records pushed for ``task_id``."""
+        queue: asyncio.Queue[ResultRecord] = asyncio.Queue()
+        self._progress.setdefault(task_id, []).append(queue)
+        return queue
+
+    def unwatch_progress(self, task_id: str, queue: asyncio.Queue[ResultRecord]) -> None:
+        queues = self._progress.get(task_id)
+        if queues is not None and queue in queues:
+            queues.remove(queue)
+            if not queues:
+                del self._progress[task_id]
 
     # -- handles ---------------------------------------------------------------------------
     def adopt(self, task_id: str) -> None:
@@ -438,12 +454,17 @@ class ResultWaiter:
                 log.error("dropping a reply with no readable task id (%d bytes): %s",
                           len(raw), exc)
                 continue
-            if task_id not in futures and task_id not in live:
+            if task_id not in futures and task_id not in live and task_id not in self._progress:
                 self.dropped_replies += 1
                 continue
             record = self._decode_or_fail(task_id, raw)
-            if record is not None:
-                self.resolve(record, len(raw))
+            if record is None:
+                continue
+            if record.state not in READY_STATES:  # update_state(): not the end of the wait
+                for queue in self._progress.get(task_id, ()):
+                    queue.put_nowait(record)
+                continue
+            self.resolve(record, len(raw))
 
     # -- re-reading ------------------------------------------------------------------------
     def _next_due(self) -> float | None:
@@ -590,10 +611,14 @@ class AsyncResult(Generic[R]):
     __slots__ = ("_waiter", "app", "id", "task_name")
 
     def __init__(
-        self, task_id: str, app: AioQueue, task_name: str | None = None, *,
+        self, task_id: str, app: AioQueue | None = None, task_name: str | None = None, *,
         waiter: ResultWaiter | None = None,
     ) -> None:
         self.id = task_id
+        if app is None:  # Celery's bare AsyncResult(task_id): the current app
+            from .app import current_app
+
+            app = current_app()
         self.app = app
         self.task_name = task_name
         #: The waiter whose reply list receives this task's result (the fast path), or
@@ -631,7 +656,12 @@ class AsyncResult(Generic[R]):
         return hash(self.id)
 
     def __await__(self) -> Generator[Any, None, R]:
-        return self.get().__await__()
+        return _raw_get(self).__await__()
+
+    @property
+    def task_id(self) -> str:
+        """Celery's other name for :attr:`id`."""
+        return self.id
 
     def _track(self, waiter: ResultWaiter) -> bool:
         """Point a fast handle at ``waiter`` (the app's current one); False if not fast.
@@ -726,3 +756,103 @@ class AsyncResult(Generic[R]):
     async def revoke(self, terminate: bool = False) -> None:
         """Revoke the task: never run it; with ``terminate`` cancel it where it runs."""
         await self.app.revoke(self.id, terminate=terminate)
+
+    async def progress(self, *, poll_max_s: float = 1.0) -> AsyncIterator[Any]:
+        """The task's ``update_state`` metas as they come: ``async for meta in
+        handle.progress(): ...``; ends when the task does (then ``await handle``).
+
+        Updates are pushed to this process when the handle came from ``delay()`` here;
+        a handle made from a bare id re-reads the stored record instead (up to every
+        ``poll_max_s`` seconds). An iterator that starts late sees the latest update first.
+        """
+        app = self.app
+        waiter = app.waiter
+        fast = self._track(waiter)
+        queue = waiter.watch_progress(self.id)
+        final = asyncio.ensure_future(waiter.wait(
+            self.id, None, fast=fast, poll_s=0.05, poll_max_s=app.conf.result_poll_max_interval))
+        try:
+            raw_seen = await app.broker.get_result(self.id)
+            stored = None if raw_seen is None else waiter._decode(self.id, raw_seen)
+            last = stored  # the read and a push can carry the same update: yield it once
+            if stored is not None and stored.state is State.PROGRESS:
+                yield stored.result
+            interval = 0.05
+            while not final.done():
+                got = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({got, final}, timeout=None if fast else interval,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if got in done:
+                    record = got.result()
+                    if record != last:
+                        last = record
+                        yield record.result
+                    continue
+                got.cancel()
+                if not done:  # a polling handle: has the stored progress changed?
+                    interval = min(interval * 2, poll_max_s)
+                    raw = await app.broker.get_result(self.id)
+                    if raw is not None and raw != raw_seen:
+                        raw_seen = raw
+                        record = waiter._decode(self.id, raw)
+                        if record.state is State.PROGRESS and record != last:
+                            last = record
+                            yield record.result
+            while not queue.empty():  # pushed just before the end
+                record = queue.get_nowait()
+                if record != last:
+                    last = record
+                    yield record.result
+        finally:
+            if final.done() and not final.cancelled():
+                final.exception()  # retrieved: the caller sees it when awaiting the handle
+            final.cancel()
+            waiter.unwatch_progress(self.id, queue)
+
+    async def wait(self, timeout: float | None = None, propagate: bool = True) -> Any:
+        """Celery's older name for :meth:`get`."""
+        return await _raw_get(self, timeout, propagate=propagate)  # type: ignore[call-overload]
+
+    # Celery's blocking attributes, made dual below (blocking in sync code).
+    async def _status(self) -> State:
+        return await _raw_state(self)
+
+    async def _result(self) -> Any:
+        return (await self.info()).result
+
+    async def _traceback(self) -> str | None:
+        return (await self.info()).traceback
+
+    async def _date_done(self) -> datetime | None:
+        return (await self.info()).date_done
+
+
+_raw_get = AsyncResult.get
+_raw_state = AsyncResult.state
+
+
+def _install_dual_methods() -> None:
+    """Make Celery's sync habits on a handle work in sync code and fail loudly in async code.
+
+    In a thread without a running loop, ``res.state`` / ``res.result`` ... read the record
+    (blocking, through the sync portal) and ``res.get(timeout=5)`` / ``res.ready()`` block,
+    as Celery's. In async code they stay coroutine methods, but ``res.state == "SUCCESS"``,
+    ``if res.ready():`` and ``f"{res.result}"`` raise ``TypeError`` naming the ``await``
+    spelling instead of being silently False, True or a bound method's repr.
+    """
+    from ._dual import DualMethod
+
+    methods = ("get", "wait", "ready", "successful", "failed", "forget", "revoke")
+    for name in methods:
+        setattr(AsyncResult, name, DualMethod(getattr(AsyncResult, name), name, value=False))
+    # Read as attributes in Celery (res.state, res.result): values in sync code.
+    for name, fn in (("state", AsyncResult.state), ("status", AsyncResult._status),
+                     ("result", AsyncResult._result), ("traceback", AsyncResult._traceback),
+                     ("date_done", AsyncResult._date_done)):
+        setattr(AsyncResult, name, DualMethod(fn, name, value=True))
+    # ``await handle.info()`` is a ResultInfo snapshot; Celery's ``res.info`` is the result.
+    AsyncResult.info = DualMethod(  # type: ignore[method-assign, assignment]
+        AsyncResult.info, "info", value=True, sync_fn=AsyncResult._result)
+
+
+_install_dual_methods()

@@ -195,7 +195,9 @@ def as_schedule(value: object) -> Schedule:
 def _cron_field(name: str, position: int, value: CronField) -> str:
     """Normalise one Celery-style field to cron text, raising ValueError naming the field."""
     if isinstance(value, str):
-        text = value.strip().lower()
+        # Celery reads "10, 17" (its parser splits on commas and int() ignores the spaces):
+        # spaces around the comma-separated parts go; spaces inside one ("0 1") stay an error.
+        text = ",".join(part.strip() for part in value.lower().split(","))
         for full, short in _FULL_DAY_NAMES.items():
             text = text.replace(full, short)
     elif isinstance(value, int) and not isinstance(value, bool):

@@ -13,12 +13,15 @@ from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar, get_type_hints
 
+import anyio.from_thread
 import msgspec
 
+from ._sync import MustAwait, PendingSend, SyncResult, in_async_context
 from ._time import to_epoch
 from .errors import MaxRetriesExceeded, Retry, TaskError
+from .message import ResultRecord, State
 
 if TYPE_CHECKING:
     from .app import AioQueue
@@ -50,6 +53,8 @@ class Request:
     max_retries: int | None = None
     #: Per-call time limit, when the caller set one.
     time_limit: float | None = None
+    #: The producer's reply list (checked to be this app's), for ``update_state``.
+    reply_to: str | None = None
 
 
 _current_request: ContextVar[Request] = ContextVar("aioqueue_request")
@@ -77,6 +82,14 @@ class TaskOptions:
     retry_jitter: bool = True
     time_limit: float | None = None
     expires: float | None = None
+    #: Celery's Task hooks, as options: on_success(retval, task_id, args, kwargs),
+    #: on_failure(exc, task_id, args, kwargs, einfo), on_retry(exc, task_id, args, kwargs,
+    #: einfo), after_return(status, retval, task_id, args, kwargs, einfo). ``einfo`` is the
+    #: formatted traceback. Sync or async; what they raise is logged, never the outcome.
+    on_success: Callable[..., Any] | None = None
+    on_failure: Callable[..., Any] | None = None
+    on_retry: Callable[..., Any] | None = None
+    after_return: Callable[..., Any] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -123,6 +136,13 @@ class _ArgConverter:
         return tuple(new_args), new_kwargs
 
 
+def _django() -> Any:
+    """``aioqueue.contrib.django``, imported on use: only Django projects have Django."""
+    import importlib
+
+    return importlib.import_module("aioqueue.contrib.django")
+
+
 class Task(Generic[P, R]):
     """A function registered with an :class:`~aioqueue.AioQueue`, callable remotely.
 
@@ -142,6 +162,11 @@ class Task(Generic[P, R]):
         self.__name__ = getattr(fn, "__name__", options.name)
         self.__module__ = getattr(fn, "__module__", __name__)
         self.__wrapped__ = fn
+        self.has_hooks = any((options.on_success, options.on_failure, options.on_retry,
+                              options.after_return))
+        # For the messages of a call made the wrong way (see _sync.PendingSend).
+        self._what_delay = f"{self.__name__}.delay(...)"
+        self._what_apply = f"{self.__name__}.apply_async(...)"
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
@@ -153,6 +178,11 @@ class Task(Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     @property
+    def resources(self) -> dict[str, Any]:
+        """What the app's lifespans opened in this worker process (``app.lifespan``)."""
+        return self.app.resources
+
+    @property
     def request(self) -> Request:
         """The request of the current run; raises ``TaskError`` outside a worker run."""
         request = _current_request.get(None)
@@ -161,11 +191,20 @@ class Task(Generic[P, R]):
                             task_name=self.name)
         return request
 
-    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
-        """Enqueue a call with these arguments; returns its result handle at once."""
-        return await self.app._send(self, args, kwargs)
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> SyncResult[R]:
+        """Enqueue a call with these arguments.
 
-    async def apply_async(
+        In async code ``handle = await add.delay(1, 2)`` gives the
+        :class:`~aioqueue.AsyncResult` (``await handle`` is the result). In sync code (no
+        event loop running in this thread: a Django or Flask view) ``add.delay(1, 2)``
+        sends at once and returns a blocking :class:`~aioqueue.SyncResult`
+        (``.get(timeout=10)``), as Celery's.
+        """
+        if in_async_context():
+            return PendingSend(self.app._send(self, args, kwargs), self._what_delay)
+        return self.app._send_sync(self, args, kwargs, self._what_delay)
+
+    def apply_async(
         self,
         args: Iterable[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
@@ -179,28 +218,74 @@ class Task(Generic[P, R]):
         ignore_result: bool | None = None,
         max_retries: int | None = None,
         reply: bool = True,
-    ) -> AsyncResult[R]:
-        """Enqueue a call with options (Celery's names); returns its result handle at once.
+    ) -> SyncResult[R]:
+        """Enqueue a call with options (Celery's names); ``await`` it for the handle.
+
+        In sync code it sends at once and returns a blocking :class:`~aioqueue.SyncResult`,
+        as :meth:`delay`.
 
         ``countdown`` (seconds) or ``eta`` (aware datetime; naive is read as UTC) delay the run;
         ``expires`` (seconds from now, or a datetime) drops it, as REVOKED, if it has not
         started by then. ``reply=False`` stores the result without pushing it to this
         process (a sender that will not await it); the handle then polls if awaited.
         """
-        return await self.app._send(
-            self,
-            tuple(args or ()),
-            dict(kwargs or {}),
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            queue=queue,
-            task_id=task_id,
-            time_limit=time_limit,
-            ignore_result=ignore_result,
-            max_retries=max_retries,
-            reply=reply,
-        )
+        options: dict[str, Any] = {
+            "countdown": countdown, "eta": eta, "expires": expires, "queue": queue,
+            "task_id": task_id, "time_limit": time_limit, "ignore_result": ignore_result,
+            "max_retries": max_retries, "reply": reply}
+        call_args, call_kwargs = tuple(args or ()), dict(kwargs or {})
+        if in_async_context():
+            return PendingSend(self.app._send(self, call_args, call_kwargs, **options),
+                               self._what_apply)
+        return self.app._send_sync(self, call_args, call_kwargs, self._what_apply, **options)
+
+    def update_state(
+        self, task_id: str | None = None, state: str = "PROGRESS", meta: Any = None,
+    ) -> MustAwait[None]:
+        """Report progress from a running task, as Celery's (``bind=True``):
+        ``self.update_state(state="PROGRESS", meta={"done": 3, "total": 10})``.
+
+        Readable anywhere with ``await handle.state()`` / ``(await handle.info()).result``,
+        and streamed to an awaiting producer by ``async for meta in handle.progress()``.
+        In an ``async def`` task ``await`` it; in a ``def`` task (a thread) it blocks.
+        """
+        if str(state) != State.PROGRESS:
+            raise ValueError(
+                f"update_state(state={state!r}): the only custom state is 'PROGRESS' (the "
+                f"others are set by the worker); put the detail in meta, e.g. "
+                f"update_state(state='PROGRESS', meta={{'stage': {str(state)!r}}})")
+        request = self.request
+        target = task_id or request.id
+        reply_to = request.reply_to if target == request.id else None
+        record = ResultRecord(id=target, state=State.PROGRESS, result=meta, task=self.name,
+                              retries=request.retries, worker=request.hostname)
+        app = self.app
+
+        async def publish() -> None:
+            await app.broker.publish_progress(target, app.serializer.encode(record),
+                                              app.conf.result_expires_s, reply_to)
+
+        if in_async_context():
+            return MustAwait(publish(), "self.update_state(...)")
+        anyio.from_thread.run(publish)  # a def task's thread: the worker's loop does it
+        return MustAwait.done()
+
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Django: send when the current database transaction commits (never on rollback).
+
+        As Celery 5.4's; outside a transaction it sends at once. Returns nothing: there is
+        no task id to report before the commit.
+        """
+        _django().send_on_commit(self, args, kwargs, {})
+
+    def apply_async_on_commit(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        """Django: :meth:`apply_async` when the current transaction commits."""
+        _django().send_on_commit(self, tuple(args or ()), dict(kwargs or {}), options)
 
     async def delay_many(self, calls: Iterable[Iterable[Any]]) -> list[AsyncResult[R]]:
         """Enqueue one call per argument tuple in a single round trip; returns the handles.
@@ -216,12 +301,15 @@ class Task(Generic[P, R]):
         countdown: float | None = None,
         eta: datetime | None = None,
         max_retries: int | None = None,
-    ) -> Retry:
-        """Ask for this run to be retried: ``raise self.retry(exc=e, countdown=15)``.
+        throw: bool = True,
+    ) -> NoReturn:
+        """Retry this run: ``raise self.retry(exc=e, countdown=15)``, as in Celery.
 
-        Returns the :class:`~aioqueue.errors.Retry` to raise. Past ``max_retries`` it raises
-        ``exc`` itself (or :class:`~aioqueue.errors.MaxRetriesExceeded` without one), so the
-        task fails with the original error.
+        It raises :class:`~aioqueue.errors.Retry` itself (so ``self.retry(...)`` without
+        ``raise`` retries too, instead of letting the task end as a SUCCESS with ``None``);
+        ``throw=False`` returns it instead. Past ``max_retries`` it raises ``exc`` itself (or
+        :class:`~aioqueue.errors.MaxRetriesExceeded` without one), so the task fails with
+        the original error.
         """
         request = self.request
         limit = max_retries
@@ -243,7 +331,10 @@ class Task(Generic[P, R]):
             delay = countdown
         else:
             delay = self.options.default_retry_delay
-        return Retry(f"retry in {delay:g}s", exc=exc, when=delay)
+        retry = Retry(f"retry in {delay:g}s", exc=exc, when=delay)
+        if throw:
+            raise retry
+        return retry  # type: ignore[misc]
 
     def backoff_delay(self, retries: int) -> float:
         """The automatic retry delay for the given retry count (``retry_backoff``)."""

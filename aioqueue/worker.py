@@ -33,18 +33,20 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 
+from . import signals
 from ._concurrency import new_thread_limiter
 from ._runner import Running, TaskRunner
+from ._watchdog import LoopWatchdog
 from .broker import Delivery, Enqueue, Outcome
 from .control import decode_control
-from .errors import BrokerError, ConfigurationError
+from .errors import BrokerConnectionError, BrokerError, ConfigurationError
 
 if TYPE_CHECKING:
     from .app import AioQueue
@@ -124,6 +126,8 @@ class Worker:
         burst: bool = False,
         beat: bool = False,
         name: str,
+        max_tasks: int | None = None,
+        retry_on_startup: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}")
@@ -135,6 +139,11 @@ class Worker:
         self.burst = burst
         self.beat = beat
         self.name = name
+        #: Stop gracefully after this many tasks (``--max-tasks-per-child``).
+        self.max_tasks = max_tasks
+        #: Keep retrying, with a log line per attempt, while the broker is unreachable at
+        #: start-up (``broker_connection_retry_on_startup``; the CLI's default).
+        self.retry_on_startup = retry_on_startup
         #: Ids not to run. Replaced (in place: the runner holds it) at each refresh, so it
         #: holds exactly what the broker holds, plus broadcasts newer than the last refresh.
         self.revoked: set[str] = set()
@@ -213,13 +222,51 @@ class Worker:
             from .beat import Beat
 
             scheduler = Beat(self.app)  # here, so a bad schedule fails start-up plainly
+        if os.environ.get("DJANGO_SETTINGS_MODULE"):
+            # Celery's Django fix-up: database connections closed around each task run in
+            # its thread, django.setup(), the Tasks backend's runners. Imported on use.
+            import importlib
+
+            importlib.import_module("aioqueue.contrib.django").fixup(self.app)
+        self.app.import_tasks()
+        for notice in getattr(self.app, "config_notices", ()):
+            log.warning("configuration: %s", notice)
+        if signals.worker_init:
+            await signals.worker_init.send(self)
         if not await self._prepare():
             log.warning("worker %s stopped before it could reach the broker", self.name)
             return
+        async with contextlib.AsyncExitStack() as lifespans:
+            for factory in self.app.lifespans:
+                opened = await lifespans.enter_async_context(factory())
+                if isinstance(opened, Mapping):
+                    self.app.resources.update(opened)
+                elif opened is not None:
+                    self.app.resources[getattr(factory, "__name__", repr(factory))] = opened
+            try:
+                await self._consume(scheduler)
+            finally:
+                self.app.resources.clear()
+                if signals.worker_shutdown:
+                    with anyio.CancelScope(shield=True):
+                        await signals.worker_shutdown.send(self)
+
+    def _describe(self, task: asyncio.Task[object] | None) -> str:
+        """Name the task of this worker that ``task`` runs (for the loop watchdog)."""
+        for running in list(self.running.values()):
+            if running.task is task and task is not None:
+                return f"Task {running.task_name}[{running.task_id}]"
+        return f"worker {self.name}'s own code" if task is not None else "a callback"
+
+    async def _consume(self, scheduler: Any) -> None:
         # A worker starting just after a Redis restart sees every message idle since before
         # the restart, its live owner's included: like a worker that saw the outage, it
         # lets owners re-claim theirs (one heartbeat) before it reclaims anything.
         self._recovered_at = time.monotonic()
+        threshold = getattr(self.app.conf, "worker_blocked_loop_warning", 1.0)
+        watchdog = None if not threshold else LoopWatchdog(float(threshold), self._describe)
+        if watchdog is not None:
+            watchdog.start()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._flusher)
@@ -236,10 +283,16 @@ class Worker:
                 log.info("worker %s consuming %s with concurrency %d", self.name,
                          ",".join(self.queues), self.concurrency)
                 self._started.set()
+                if signals.worker_ready:
+                    await signals.worker_ready.send(self)
                 await self._fetch_loop()
+                if signals.worker_shutting_down:
+                    await signals.worker_shutting_down.send(self)
                 await self._drain()
                 tg.cancel_scope.cancel()
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             with anyio.CancelScope(shield=True):
                 await self._hand_back_running()
                 await self._flush_remaining()
@@ -260,7 +313,7 @@ class Worker:
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(stop_waiting)
-                await self.broker.connect()
+                await self._connect()
                 await self.broker.ensure_queues(self.queues)
                 await self._refresh_revocations()
                 tg.cancel_scope.cancel()
@@ -271,6 +324,26 @@ class Worker:
                 raise group.exceptions[0] from None
             raise
         return not self._stopping
+
+    async def _connect(self) -> None:
+        """Connect; with ``retry_on_startup``, keep trying (a log line per attempt) until
+        the broker answers or the worker is stopped."""
+        attempt, delay = 0, 1.0
+        while True:
+            try:
+                await self.broker.connect()
+                if attempt:
+                    log.warning("worker %s: connected to %s after %d attempts", self.name,
+                                self.broker.display_url, attempt + 1)
+                return
+            except BrokerConnectionError as exc:
+                if not self.retry_on_startup:
+                    raise
+                attempt += 1
+                log.error("worker %s: cannot connect to %s (attempt %d): %s; trying again "
+                          "in %.0fs", self.name, self.broker.display_url, attempt, exc, delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def _hand_back_running(self) -> None:
         """If the worker itself was cancelled, its tasks (not children of its task group, see
@@ -292,6 +365,9 @@ class Worker:
         now with SIGQUIT when it gets a second signal itself.
         """
         supervised = os.environ.get("AIOQUEUE_SUPERVISED") == "1"
+        # As Celery's worker: Redis down at start-up is waited for, not a crash.
+        self.retry_on_startup = bool(getattr(self.app.conf,
+                                             "broker_connection_retry_on_startup", True))
         signals = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGQUIT] if supervised else [])
         async with anyio.create_task_group() as tg:
 
@@ -453,6 +529,10 @@ class Worker:
         self.processed += 1
         self._free += 1
         self._slot_freed.set()
+        if self.max_tasks is not None and self.processed >= self.max_tasks and not self._stopping:
+            log.info("worker %s: %d tasks done (max_tasks): stopping to be replaced",
+                     self.name, self.processed)
+            self.stop()
 
     def _cancel_running(self, reason: str) -> None:
         for running in list(self.running.values()):

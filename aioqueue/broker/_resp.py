@@ -464,6 +464,27 @@ class RespConnection:
         """This connection's id (for ``CLIENT UNBLOCK`` from another connection)."""
         return int(await self.execute("CLIENT", "ID"))
 
+    def abandon(self) -> None:
+        """Close the socket of a connection whose event loop is closed, without that loop.
+
+        Django runs each async view of a WSGI server on a loop of its own and closes it
+        after the request; nothing can be awaited there any more. Left alone, the socket
+        would stay open until garbage collection (and warn then).
+        """
+        connecting, self._connecting = self._connecting, None
+        protocol, self._protocol = self._protocol, None
+        transports = [] if protocol is None or protocol.transport is None else [
+            protocol.transport]
+        for transport in transports:
+            sock = getattr(transport, "_sock", None)  # asyncio's selector transports
+            if sock is not None:
+                sock.close()
+                transport._sock = None  # type: ignore[attr-defined]  # no warning at GC
+            else:
+                with contextlib.suppress(Exception):  # others (uvloop) close their own
+                    transport.abort()
+        del connecting  # its task belongs to the closed loop: nothing to wait for
+
     async def close(self) -> None:
         """Close the socket; pending commands fail with ``ConnectionError``.
 

@@ -186,6 +186,16 @@ class Broker(Protocol):
         """Delete a stored result record."""
         ...
 
+    def abandon(self) -> None:
+        """Close what is open without an event loop: the loop it was opened on is closed."""
+        ...
+
+    async def publish_progress(self, task_id: str, record: bytes, ttl_s: float,
+                               reply_to: str | None) -> None:
+        """Store a running task's progress record and push it to its producer's reply list
+        (``update_state``); the reply list is capped and expires as :meth:`settle`'s."""
+        ...
+
     async def wait_replies(self, reply_to: str, timeout_s: float) -> list[bytes]:
         """Pop the records pushed to a reply list, waiting up to ``timeout_s`` for one."""
         ...

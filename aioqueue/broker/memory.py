@@ -230,8 +230,18 @@ class MemoryBroker:
     async def set_result(self, task_id: str, record: bytes, ttl_s: float) -> None:
         self._results[task_id] = (record, time.time() + ttl_s)
 
+    def abandon(self) -> None:
+        """Nothing to close: no sockets."""
+
     async def delete_result(self, task_id: str) -> None:
         self._results.pop(task_id, None)
+
+    async def publish_progress(self, task_id: str, record: bytes, ttl_s: float,
+                               reply_to: str | None) -> None:
+        await self.set_result(task_id, record, ttl_s)
+        if reply_to is not None:
+            self._replies[reply_to].append(record)
+            self._notify()
 
     async def wait_replies(self, reply_to: str, timeout_s: float) -> list[bytes]:
         deadline = time.monotonic() + timeout_s

@@ -236,6 +236,12 @@ class RedisBroker:
             )
         self._checked_server = True
 
+    def abandon(self) -> None:
+        # Only producer connections can be open on a loop that closed under us (a worker
+        # closes its broker before its loop ends).
+        for conn in (self._hot, self._fetch.conn, self._replies.conn):
+            conn.abandon()
+
     async def close(self) -> None:
         self._closed = True
         await self.interrupt_fetch()
@@ -482,6 +488,17 @@ class RedisBroker:
 
     async def delete_result(self, task_id: str) -> None:
         await self._run("DEL", self.keys.result(task_id))
+
+    async def publish_progress(self, task_id: str, record: bytes, ttl_s: float,
+                               reply_to: str | None) -> None:
+        commands: list[tuple[Any, ...]] = [
+            ("SET", self.keys.result(task_id), record, "PX", max(1, int(ttl_s * 1000)))]
+        if reply_to is not None:
+            commands += [("RPUSH", reply_to, record),
+                         ("PEXPIRE", reply_to, int(REPLY_TTL_S * 1000)),
+                         ("LTRIM", reply_to, -self.reply_cap, -1)]
+        hot = self._hot
+        await self._call(lambda: hot.execute_many(commands), what="SET")
 
     async def wait_replies(self, reply_to: str, timeout_s: float) -> list[bytes]:
         seconds = max(0.001, min(timeout_s, self._max_block_s))

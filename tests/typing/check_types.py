@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, assert_type
 
-from aioqueue import AioQueue, AsyncResult, State, Task
+from aioqueue import AioQueue, AsyncResult, State, SyncResult, Task
 
 app = AioQueue("typing", broker="memory://")
 
@@ -38,3 +38,13 @@ async def producer() -> None:
     assert_type(handles, list[AsyncResult[int]])
     await add.delay("one", 2)  # type: ignore[arg-type]
     await add.delay(1)  # type: ignore[call-arg]
+
+
+def sync_view() -> None:
+    # A Django/Flask view: Celery's spelling, blocking.
+    res = add.delay(1, 2)
+    assert_type(res, SyncResult[int])
+    assert_type(res.get(timeout=10), int)
+    assert_type(res.state, State)
+    assert_type(res.ready(), bool)
+    assert_type(concat.apply_async(("a", "b"), countdown=1).get(), str)

@@ -1,0 +1,1 @@
+"""Celery configuration files as Celery projects write them, read by test_celery_config.py."""

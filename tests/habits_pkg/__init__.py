@@ -1,0 +1,1 @@
+"""A reusable app (as a Django app would be): its tasks use ``@shared_task``."""
