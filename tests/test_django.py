@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ import redis
 from aioqueue import AioQueue, State
 from aioqueue._keys import Keys
 from aioqueue.testing import RedisServer
+from tests.cli_worker import cli_worker
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "django"
 pytestmark = pytest.mark.timeout(60)
@@ -85,23 +85,9 @@ def worker(project: dict[str, str], tmp_path_factory: pytest.TempPathFactory
     log_path = tmp_path_factory.mktemp("django-worker") / "worker.log"
     path = os.pathsep.join(p for p in (str(EXAMPLE), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, **project, "PYTHONPATH": path}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "aioqueue", "worker", "proj.celery:app", "-c", "1",
-             "-l", "info"],
-            cwd=EXAMPLE, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with cli_worker(["proj.celery:app", "-c", "1", "-l", "info"], cwd=EXAMPLE, env=env,
+                    log_path=log_path) as process:
         yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            code = process.wait()
-        output = log_path.read_text(errors="replace")
-        print(output)
-        assert code == 0, f"worker exited {code}:\n{output}"
 
 
 @pytest.fixture

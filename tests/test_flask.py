@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 from aioqueue.testing import RedisServer
+from tests.cli_worker import cli_worker
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "flask"
 pytestmark = pytest.mark.timeout(60)
@@ -57,22 +57,9 @@ def worker(example: ModuleType, redis_server: RedisServer,
     log_path = tmp_path_factory.mktemp("flask-worker") / "worker.log"
     path = os.pathsep.join(p for p in (str(EXAMPLE), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "AIOQUEUE_BROKER": redis_server.url, "PYTHONPATH": path}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "aioqueue", "worker", "app:aioqueue_app", "-l", "info"],
-            cwd=EXAMPLE, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with cli_worker(["app:aioqueue_app", "-l", "info"], cwd=EXAMPLE, env=env,
+                    log_path=log_path) as process:
         yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            code = process.wait()
-        output = log_path.read_text(errors="replace")
-        print(output)
-        assert code == 0, f"worker exited {code}:\n{output}"
 
 
 @pytest.fixture
