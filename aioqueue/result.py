@@ -405,7 +405,9 @@ class ResultWaiter:
             for future in waiting:
                 if not future.done():
                     future.set_result(record)
-        if task_id in self._live:
+        elif task_id in self._live:
+            # Arrived before anyone awaited it: keep it for them. (A record handed to a
+            # wait is not kept: awaiting the same handle again reads it back from Redis.)
             self._keep(task_id, record, size)
 
     def _fail(self, task_id: str, error: Exception) -> None:
@@ -445,26 +447,36 @@ class ResultWaiter:
 
     def _take(self, replies: list[bytes]) -> None:
         """Resolve waits from popped replies; drop, unread, those nobody here wants."""
-        futures, live = self._futures, self._live
+        futures, live, progress = self._futures, self._live, self._progress
+        decode = self.serializer.decode_record
         for raw in replies:
             try:
-                task_id = self._read_id(raw)
-            except Exception as exc:
-                # No id, so no wait to fail: the waits re-read the stored record instead.
-                log.error("dropping a reply with no readable task id (%d bytes): %s",
-                          len(raw), exc)
+                # Whole at once: nearly every reply is wanted, and one decode beats two.
+                record = decode(raw)
+            except SerializationError as exc:
+                self._undecodable_reply(raw, exc)
                 continue
-            if task_id not in futures and task_id not in live and task_id not in self._progress:
+            task_id = record.id
+            if task_id not in futures and task_id not in live and task_id not in progress:
                 self.dropped_replies += 1
-                continue
-            record = self._decode_or_fail(task_id, raw)
-            if record is None:
                 continue
             if record.state not in READY_STATES:  # update_state(): not the end of the wait
                 for queue in self._progress.get(task_id, ()):
                     queue.put_nowait(record)
                 continue
             self.resolve(record, len(raw))
+
+    def _undecodable_reply(self, raw: bytes, exc: SerializationError) -> None:
+        """Fail only the waits of the task a bad reply names, if its id can be read."""
+        try:
+            task_id = self._read_id(raw)
+        except Exception as id_error:
+            # No id, so no wait to fail: the waits re-read the stored record instead.
+            log.error("dropping a reply with no readable task id (%d bytes): %s",
+                      len(raw), id_error)
+            return
+        if task_id in self._futures or task_id in self._live:
+            self._fail(task_id, SerializationError(f"task {task_id}: {exc}"))
 
     # -- re-reading ------------------------------------------------------------------------
     def _next_due(self) -> float | None:

@@ -24,6 +24,7 @@ __all__ = (
     "task_failure",
     "task_postrun",
     "task_prerun",
+    "task_receivers",
     "task_retry",
     "task_revoked",
     "task_success",
@@ -36,6 +37,10 @@ __all__ = (
 log = logging.getLogger("aioqueue.signals")
 
 Receiver = Callable[..., Any]
+
+#: How many receivers the task signals have: a worker reads it once per task, and skips
+#: building the signals' arguments while it is 0.
+task_receivers = 0
 
 
 class Signal:
@@ -63,12 +68,19 @@ class Signal:
             return lambda fn: self.connect(fn, sender=sender)
         if (receiver, sender) not in self._receivers:
             self._receivers.append((receiver, sender))
+            self._counted(+1)
         return receiver
+
+    def _counted(self, change: int) -> None:
+        global task_receivers
+        if self.name.startswith("task_"):
+            task_receivers += change
 
     def disconnect(self, receiver: Receiver, *, sender: Any = None) -> None:
         """Remove a receiver (no error if it was not connected)."""
-        self._receivers = [(r, s) for r, s in self._receivers
-                           if not (r is receiver and s is sender)]
+        kept = [(r, s) for r, s in self._receivers if not (r is receiver and s is sender)]
+        self._counted(len(kept) - len(self._receivers))
+        self._receivers = kept
 
     async def send(self, sender: Any, **kwargs: Any) -> list[tuple[Receiver, Any]]:
         """Call every receiver for ``sender``; returns (receiver, result or exception)."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar, ge
 import anyio.from_thread
 import msgspec
 
+from ._keys import Keys
 from ._sync import MustAwait, PendingSend, SyncResult, in_async_context
 from ._time import to_epoch
 from .errors import MaxRetriesExceeded, Retry, TaskError
@@ -53,7 +54,7 @@ class Request:
     max_retries: int | None = None
     #: Per-call time limit, when the caller set one.
     time_limit: float | None = None
-    #: The producer's reply list (checked to be this app's), for ``update_state``.
+    #: The producer's reply list as the message names it (``update_state`` checks it).
     reply_to: str | None = None
 
 
@@ -257,6 +258,8 @@ class Task(Generic[P, R]):
         request = self.request
         target = task_id or request.id
         reply_to = request.reply_to if target == request.id else None
+        if reply_to is not None and not Keys(self.app.conf.key_prefix).is_reply(reply_to):
+            reply_to = None  # never push where a message says, beyond the app's replies
         record = ResultRecord(id=target, state=State.PROGRESS, result=meta, task=self.name,
                               retries=request.retries, worker=request.hostname)
         app = self.app

@@ -394,7 +394,7 @@ class RedisBroker:
         # One script call: results are stored in the same step as the acks, so a crash can
         # never leave a message acknowledged without its result (or a retry unscheduled).
         keys: list[str] = []
-        index: dict[str, int] = {}
+        index: dict[str, int] = {}  # shared keys (streams, reply lists): each listed once
 
         def k(key: str) -> int:
             found = index.get(key)
@@ -402,6 +402,13 @@ class RedisBroker:
                 keys.append(key)
                 found = index[key] = len(keys)
             return found
+
+        def unique(key: str) -> int:
+            # A key of one outcome only (its result, its guard): no lookup needed.
+            keys.append(key)
+            return len(keys)
+
+        stream_index: dict[str, int] = {}  # queue -> index of its stream key
 
         args: list[Any] = [CONSUMER_GROUP, int(SETTLE_GUARD_TTL_S * 1000),
                            int(REPLY_TTL_S * 1000), self.reply_cap]
@@ -413,16 +420,19 @@ class RedisBroker:
             if d is None:
                 args += ("O", 0, "", 0)
             else:
-                args += ("O", k(keys_.stream(d.queue)), d.message_id, 0)
+                stream_k = stream_index.get(d.queue)
+                if stream_k is None:
+                    stream_k = stream_index[d.queue] = k(keys_.stream(d.queue))
+                args += ("O", stream_k, d.message_id, 0)
             header, n = len(args) - 1, 0
             if o.record is not None and o.task_id is not None:
-                args += ("S", k(keys_.result(o.task_id)), o.record,
+                args += ("S", unique(keys_.result(o.task_id)), o.record,
                          max(1, int(o.result_ttl_s * 1000)))
                 n += 1
             requeue = o.requeue
             # The guard key only for the operations that need one (most outcomes are a
             # plain result and an ack, and one more key per task was measurable).
-            guard = 0 if d is None or (requeue is None and o.dead_reason is None) else k(
+            guard = 0 if d is None or (requeue is None and o.dead_reason is None) else unique(
                 keys_.settle_guard(d.queue, d.message_id))
             if requeue is not None:
                 if requeue.due_at is None:
