@@ -222,8 +222,8 @@ _PREFETCH = (
     "so prefetch is effectively 1 per slot and a busy worker leaves messages to idle ones"
 )
 _NO_EVENTS = (
-    "aioqueue has no event stream (no Flower): workers log each task, `aioqueue status` "
-    "shows queue depths and dead letters"
+    "events live in one capped Redis stream (events_max_len) read by `aioqueue events` and "
+    "`aioqueue dashboard`; switch them on with worker_send_task_events / `aioqueue worker -E`"
 )
 _AMQP = (
     "AMQP exchanges, routing keys, priorities and queue types do not exist on Redis streams: "
@@ -292,8 +292,6 @@ _NOTICES: Final[dict[str, str]] = {
         "a result always records the task name, the worker and the retries; arguments are not "
         "stored"
     ),
-    "worker_send_task_events": _NO_EVENTS,
-    "task_send_sent_event": _NO_EVENTS,
     "task_soft_time_limit": (
         "stored in app.conf.task_soft_time_limit but not enforced: task_time_limit cancels the "
         "coroutine, and the task can clean up in `except asyncio.CancelledError` or `finally`"

@@ -104,3 +104,38 @@ class Keys:
     def beat_tick(self, name: str, tick: float) -> str:
         """A claim marker for one tick of one schedule (SET NX), so it fires once."""
         return f"{self.prefix}:beat:tick:{name}:{tick:.3f}"
+
+    # -- monitoring ------------------------------------------------------------------------
+    @property
+    def workers(self) -> str:
+        """Hash: worker name -> its encoded self-description (queues, load, ...)."""
+        return f"{self.prefix}:workers"
+
+    @property
+    def workers_expiry(self) -> str:
+        """Sorted set: worker name, score = when it counts as gone without a heartbeat."""
+        return f"{self.prefix}:workers:expiry"
+
+    @property
+    def queues(self) -> str:
+        """Set of every queue a worker or producer declared."""
+        return f"{self.prefix}:queues"
+
+    def log(self, name: str) -> str:
+        """A capped stream: ``events`` (task and worker events) or ``audit`` (actions)."""
+        return f"{self.prefix}:{name}"
+
+    def stats(self, minute: int) -> str:
+        """Hash of one minute's event counters: ``name|STATE`` -> count."""
+        return f"{self.prefix}:stats:{minute}"
+
+    def control_reply(self, request_id: str) -> str:
+        """List where workers push their answers to one control request (32 hex digits)."""
+        return f"{self.prefix}:control:reply:{request_id}"
+
+    def is_control_reply(self, key: str) -> bool:
+        """True for a key :meth:`control_reply` makes: a worker answers only there."""
+        start = f"{self.prefix}:control:reply:"
+        suffix = key[len(start):]
+        return (key.startswith(start) and len(suffix) == 32
+                and all(c in "0123456789abcdef" for c in suffix))

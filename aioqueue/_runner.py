@@ -51,6 +51,8 @@ class Running:
     delivery: Delivery
     task_id: str | None = None
     task_name: str | None = None
+    #: The decoded message (for events), once decoded.
+    message: TaskMessage | None = None
     started: float = 0.0
     task: asyncio.Task[None] | None = None
     #: Set before cancelling from outside: "revoked" or "shutdown".
@@ -91,6 +93,8 @@ class TaskRunner:
         self.keys = Keys(app.conf.key_prefix)
         self.max_deliveries = app.conf.max_deliveries
         self.log_info = log.isEnabledFor(logging.INFO)
+        #: Called as a run starts (the worker records a task-started event with it).
+        self.on_start: Callable[[Running], None] | None = None
 
     # -- records ---------------------------------------------------------------------------
     def _outcome(
@@ -227,7 +231,7 @@ class TaskRunner:
             msg = self.serializer.decode_message(delivery.payload)
         except SerializationError as exc:
             return self._undecodable(delivery, exc)
-        running.task_id, running.task_name = msg.id, msg.task
+        running.task_id, running.task_name, running.message = msg.id, msg.task, msg
 
         if delivery.deliveries > self.max_deliveries:
             error = DeadLettered(
@@ -254,15 +258,19 @@ class TaskRunner:
         now = time.time()
         if msg.expires is not None and msg.expires < now:
             log.info("Task %s[%s] expired before it started", msg.task, msg.id)
+            running.state = State.REVOKED
             return self._outcome(delivery, msg, State.REVOKED, exc=TaskRevoked(
                 f"expired at {msg.expires:.3f} before it started"))
         if msg.id in self.revoked:
             log.info("Task %s[%s] revoked: not run", msg.task, msg.id)
+            running.state = State.REVOKED
             return self._outcome(delivery, msg, State.REVOKED, exc=TaskRevoked("revoked"))
         if msg.eta is not None and msg.eta > now + 0.001:
             # Arrived early (a dead letter requeued by hand, a clock step): wait in the set.
             return Outcome(delivery=delivery, requeue=Enqueue(delivery.queue, delivery.payload,
                                                               msg.eta))
+        if self.on_start is not None:
+            self.on_start(running)
         if task.has_hooks or signals.task_receivers:
             return await self._execute_hooked(running, delivery, msg, task)
         # No hooks: straight to the run (one coroutine frame less per task).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 import uuid
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
+from ._keys import Keys
 from ._sync import SyncResult, in_async_context, portal
 from ._time import to_epoch, when_to_epoch
 from .broker import Broker, Enqueue, create_broker, redact_url
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 __all__ = ("AioQueue",)
+
+log = logging.getLogger("aioqueue")
 
 _BATCH_CHUNK = 1000
 #: ``AsyncResult`` is also a method name inside ``AioQueue``: this names the class there.
@@ -292,11 +296,19 @@ class AioQueue:
                 "a result backend apart from the broker is not supported: results are "
                 "stored atomically with the acknowledgement; leave backend unset"
             )
-        return create_broker(
+        broker = create_broker(
             self.conf.broker_url,
             prefix=self.conf.key_prefix,
             connect_timeout_s=self.conf.broker_connection_timeout,
         )
+        broker.events_max_len = self.conf.events_max_len
+        broker.events_stats_ttl_s = self.conf.events_stats_ttl
+        return broker
+
+    @property
+    def keys(self) -> Keys:
+        """This app's Redis key names."""
+        return Keys(self.conf.key_prefix)
 
     def _portal_connections(self) -> _PortalConnections:
         """The sync portal's broker, waiter and reply list (only ever used on its loop).
@@ -643,12 +655,16 @@ class AioQueue:
         # Inlined rather than calling _enqueue_one: one coroutine frame less on the path of
         # every delay() (a plain delay() loop is round-trip bound; every microsecond shows).
         await self.broker.enqueue((item,))
+        if self.conf.task_send_sent_event:
+            await self._record_sent([msg])
         return handle
 
     async def _enqueue_one(self, msg: TaskMessage, item: Enqueue, name: str) -> AsyncResult[Any]:
         handle: AsyncResult[Any] = AsyncResult(
             msg.id, self, name, waiter=None if msg.reply_to is None else self.waiter)
         await self.broker.enqueue([item])
+        if self.conf.task_send_sent_event:
+            await self._record_sent([msg])
         return handle
 
     async def _send_many(
@@ -667,7 +683,29 @@ class AioQueue:
             # Handles before the write, as in _send.
             handles += [AsyncResult(msg.id, self, task.name, waiter=waiter) for msg, _ in built]
             await self.broker.enqueue([item for _, item in built])
+            if self.conf.task_send_sent_event:
+                await self._record_sent([msg for msg, _ in built])
         return handles
+
+    async def _record_sent(self, messages: Sequence[TaskMessage]) -> None:
+        """task-sent events (``task_send_sent_event``); a failure to record one is logged,
+        never raised: the tasks are sent."""
+        from .events import Event, EventType, encode_event, minute_of, short_repr, stat_field
+
+        now = time.time()
+        events = [Event(EventType.SENT, now, task_id=m.id, name=m.task, queue=m.queue,
+                        args=short_repr(m.args), kwargs=short_repr(m.kwargs), sent_at=now)
+                  for m in messages]
+        counts: dict[tuple[int, str], int] = {}
+        for m in messages:
+            key = (minute_of(now), stat_field(m.task, EventType.SENT))
+            counts[key] = counts.get(key, 0) + 1
+        try:
+            await self.broker.append_log("events", [encode_event(e) for e in events],
+                                         self.conf.events_max_len)
+            await self.broker.count_stats(counts, self.conf.events_stats_ttl)
+        except Exception as exc:
+            log.warning("could not record task-sent events: %s", exc)
 
     async def send_task(
         self,

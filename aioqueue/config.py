@@ -85,6 +85,14 @@ class Settings:
     #: ``aioqueue worker`` started while Redis is unreachable keeps trying, with a log line
     #: per attempt, instead of exiting (False: exit after ``broker_connection_timeout``).
     broker_connection_retry_on_startup: bool = True
+    #: Record task events (``aioqueue worker -E``; see ``aioqueue.events``).
+    worker_send_task_events: bool = False
+    #: Producers record a ``task-sent`` event for each task they send.
+    task_send_sent_event: bool = False
+    #: The events stream keeps about this many events (older ones are trimmed).
+    events_max_len: int = 100_000
+    #: Per-minute event counters (charts) are kept this many seconds.
+    events_stats_ttl: float = 7 * 86400.0
     #: Warn when an ``async def`` task blocks the worker's event loop this many seconds
     #: (``time.sleep`` in async code); None: never.
     worker_blocked_loop_warning: float | None = 1.0

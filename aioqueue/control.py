@@ -17,6 +17,10 @@ class ControlMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     terminate: bool = False
     #: Only workers with this name act on it (None: all).
     destination: str | None = None
+    #: Where to answer (a list key; see ``Monitor``), for requests that expect answers.
+    reply_to: str | None = None
+    #: The request's arguments (``inspect``: ``what``; ``rate_limit``: ``task``, ``rate``).
+    arguments: dict[str, Any] | None = None
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -39,14 +39,28 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import msgspec
 
 from . import signals
 from ._concurrency import new_thread_limiter
 from ._runner import Running, TaskRunner
 from ._watchdog import LoopWatchdog
 from .broker import Delivery, Enqueue, Outcome
-from .control import decode_control
+from .control import ControlMessage, decode_control
 from .errors import BrokerConnectionError, BrokerError, ConfigurationError
+from .events import (
+    PAYLOAD_MAX,
+    TRACEBACK_MAX,
+    Event,
+    EventType,
+    describe_exception,
+    encode_event,
+    minute_of,
+    short_repr,
+    stat_field,
+)
+from .message import State
+from .monitor import WorkerInfo, encode_worker_info
 
 if TYPE_CHECKING:
     from .app import AioQueue
@@ -106,6 +120,18 @@ class _Outage:
             self.delay = 0.05
 
 
+_EVENT_OF_STATE = {
+    State.SUCCESS: EventType.SUCCEEDED, State.FAILURE: EventType.FAILED,
+    State.RETRY: EventType.RETRIED, State.REVOKED: EventType.REVOKED,
+}
+
+
+def _sent_at(entry_id: str) -> float | None:
+    """When a stream entry was added (its id's milliseconds): sent, or moved when due."""
+    ms, _, _ = entry_id.partition("-")
+    return int(ms) / 1000 if ms.isdigit() else None
+
+
 class Worker:
     """Runs an app's tasks from its queues. Use ``async with app.worker(...)`` or :meth:`run`."""
 
@@ -116,6 +142,12 @@ class Worker:
     #: How often revocations are re-read (the broadcast is the fast path; this is the one
     #: that survives a lost broadcast).
     REVOCATIONS_EVERY_S = 1.0
+    #: How often a worker refreshes its entry in the registry (monitors read it), and how
+    #: long that entry lives without a refresh (a killed worker leaves the list then).
+    REGISTER_EVERY_S = 2.0
+    REGISTER_TTL_S = 10.0
+    #: A worker-heartbeat event every this many registry refreshes (20 s).
+    HEARTBEAT_EVENT_EVERY = 10
 
     def __init__(
         self,
@@ -128,6 +160,7 @@ class Worker:
         name: str,
         max_tasks: int | None = None,
         retry_on_startup: bool = False,
+        events: bool | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}")
@@ -141,6 +174,10 @@ class Worker:
         self.name = name
         #: Stop gracefully after this many tasks (``--max-tasks-per-child``).
         self.max_tasks = max_tasks
+        #: Record task events (``-E``; default: the ``worker_send_task_events`` setting).
+        self.events = app.conf.worker_send_task_events if events is None else events
+        self.started_at = time.time()
+        self._registrations = 0
         #: Keep retrying, with a log line per attempt, while the broker is unreachable at
         #: start-up (``broker_connection_retry_on_startup``; the CLI's default).
         self.retry_on_startup = retry_on_startup
@@ -217,6 +254,8 @@ class Worker:
         self.broker = self.app.broker
         self.runner = TaskRunner(self.app, self.broker, self.name, self._thread_limiter,
                                  self.revoked)
+        if self.events:
+            self.runner.on_start = self._record_started
         scheduler = None
         if self.beat:
             from .beat import Beat
@@ -282,6 +321,7 @@ class Worker:
                     await self._subscribed.wait()
                 log.info("worker %s consuming %s with concurrency %d", self.name,
                          ",".join(self.queues), self.concurrency)
+                await self._announce(EventType.WORKER_ONLINE)
                 self._started.set()
                 if signals.worker_ready:
                     await signals.worker_ready.send(self)
@@ -298,6 +338,8 @@ class Worker:
                 await self._flush_remaining()
                 with contextlib.suppress(BrokerError):
                     await self.broker.forget_consumer(self.queues, self.name)
+                with anyio.move_on_after(2.0):  # best effort: the registry expires anyway
+                    await self._announce(EventType.WORKER_OFFLINE)
             self._stopped.set()
             log.info("worker %s stopped after %d tasks", self.name, self.processed)
 
@@ -520,8 +562,100 @@ class Worker:
                                       requeue=Enqueue(delivery.queue, delivery.payload)))
             self._release(running)
             raise
+        if self.events:
+            outcome.events = self._task_events(running, outcome)
         self._add_outcome(outcome)
         self._release(running)
+
+    # -- events ----------------------------------------------------------------------------
+    def _record_started(self, running: Running) -> None:
+        """A task-started event, settled with the next batch (see ``aioqueue.events``)."""
+        msg = running.message
+        if msg is None:
+            return
+        now = time.time()
+        event = Event(EventType.STARTED, now, task_id=msg.id, name=msg.task,
+                      queue=running.delivery.queue, worker=self.name,
+                      args=short_repr(msg.args), kwargs=short_repr(msg.kwargs),
+                      retries=msg.retries, sent_at=_sent_at(running.delivery.message_id),
+                      started_at=now)
+        self._add_outcome(Outcome(events=((encode_event(event),
+                                           stat_field(msg.task, EventType.STARTED),
+                                           minute_of(now)),)))
+
+    def _task_events(self, running: Running, outcome: Outcome) -> tuple[tuple[bytes, str, int],
+                                                                        ...]:
+        """The event of how a run ended (none for a task handed back at shutdown)."""
+        msg, state, delivery = running.message, running.state, running.delivery
+        if outcome.dead_reason is not None:
+            kind = EventType.DEAD
+        elif state is None:
+            return ()
+        else:
+            kind = _EVENT_OF_STATE.get(state, "")
+            if not kind:
+                return ()
+        now = time.time()
+        started = None if running.started == 0.0 else now - (time.monotonic() - running.started)
+        exc = running.exc
+        keep_payload = kind in (EventType.FAILED, EventType.DEAD) and len(
+            delivery.payload) <= PAYLOAD_MAX
+        event = Event(
+            kind, now, task_id=None if msg is None else msg.id,
+            name=None if msg is None else msg.task, queue=delivery.queue, worker=self.name,
+            args=None if msg is None else short_repr(msg.args),
+            kwargs=None if msg is None else short_repr(msg.kwargs),
+            result=short_repr(running.retval) if kind == EventType.SUCCEEDED else None,
+            exception=None if exc is None else describe_exception(exc),
+            traceback=None if running.tb is None else running.tb[-TRACEBACK_MAX:],
+            retries=0 if msg is None else msg.retries,
+            sent_at=_sent_at(delivery.message_id), started_at=started,
+            runtime=None if started is None else now - started,
+            payload=delivery.payload if keep_payload else None,
+            info=None if outcome.dead_reason is None else {"reason": outcome.dead_reason},
+        )
+        name = None if msg is None else msg.task
+        return ((encode_event(event), stat_field(name, kind), minute_of(now)),)
+
+    def info(self) -> WorkerInfo:
+        """What this worker says of itself in the registry and in ``inspect stats``."""
+        from . import __version__
+
+        try:
+            load: float | None = os.getloadavg()[0]
+        except OSError:
+            load = None
+        return WorkerInfo(name=self.name, hostname=os.uname().nodename, pid=os.getpid(),
+                          queues=list(self.queues), concurrency=self.concurrency,
+                          started_at=self.started_at, last_seen=time.time(),
+                          running=len(self.running), processed=self.processed, load=load,
+                          events=self.events, version=__version__)
+
+    async def _register(self) -> None:
+        info = self.info()
+        await self.broker.register_worker(self.name, encode_worker_info(info),
+                                          self.REGISTER_TTL_S)
+        self._registrations += 1
+        if self._registrations % self.HEARTBEAT_EVENT_EVERY == 0:
+            await self._worker_event(EventType.WORKER_HEARTBEAT, info)
+
+    async def _announce(self, kind: str) -> None:
+        """Online: into the registry; offline: out of it. An event either way."""
+        try:
+            if kind == EventType.WORKER_OFFLINE:
+                await self.broker.unregister_worker(self.name)
+            else:
+                await self.broker.register_worker(self.name, encode_worker_info(self.info()),
+                                                  self.REGISTER_TTL_S)
+            await self._worker_event(kind, self.info())
+        except Exception as exc:  # monitoring must never stop a worker
+            log.warning("worker %s: could not record %s: %s", self.name, kind, exc)
+
+    async def _worker_event(self, kind: str, info: WorkerInfo) -> None:
+        event = Event(kind, time.time(), worker=self.name,
+                      info=msgspec.structs.asdict(info))
+        await self.broker.append_log("events", [encode_event(event)],
+                                     self.app.conf.events_max_len)
 
     def _release(self, running: Running) -> None:
         if self.running.get(running.delivery.message_id) is running:
@@ -681,6 +815,7 @@ class Worker:
         outage = _Outage(f"worker {self.name}: heartbeat", max_delay_s=0.5)
         next_heartbeat = time.monotonic() + self._heartbeat_every_s
         next_refresh = time.monotonic() + self.REVOCATIONS_EVERY_S
+        next_register = time.monotonic() + self.REGISTER_EVERY_S
         while True:
             # After an outage seen by this loop or any other, every held message has looked
             # idle for the outage's length: re-claim them all before others reclaim them.
@@ -694,11 +829,14 @@ class Worker:
                 if now >= next_refresh or everything:
                     await self._refresh_revocations()
                     next_refresh = now + self.REVOCATIONS_EVERY_S
+                if now >= next_register:
+                    next_register = now + self.REGISTER_EVERY_S
+                    await self._register()
                 self._note(outage, ok=True)
             except Exception as exc:  # any error: log, back off, carry on
                 await anyio.sleep(self._note(outage, exc=exc))
                 continue
-            with anyio.move_on_after(max(0.01, min(next_heartbeat, next_refresh)
+            with anyio.move_on_after(max(0.01, min(next_heartbeat, next_refresh, next_register)
                                          - time.monotonic())):
                 await self._recovered.wait()
 
@@ -745,7 +883,9 @@ class Worker:
                 async for raw in self.broker.control_messages():
                     self._note(outage, ok=True)
                     if raw:
-                        self._on_control(raw)
+                        message = self._on_control(raw)
+                        if message is not None and message.reply_to is not None:
+                            await self._answer(message)
                         continue
                     # (Re)subscribed: what was broadcast meanwhile is in the durable sets.
                     await self._refresh_revocations()
@@ -754,13 +894,14 @@ class Worker:
             except Exception as exc:  # any error: log, back off, carry on
                 await anyio.sleep(self._note(outage, exc=exc))
 
-    def _on_control(self, raw: bytes) -> None:
+    def _on_control(self, raw: bytes) -> ControlMessage | None:
+        """Act on a broadcast; returns it when it is for this worker."""
         message = decode_control(raw)
         if message is None:
             log.warning("ignoring an undecodable control message")
-            return
+            return None
         if message.destination is not None and message.destination != self.name:
-            return
+            return None
         if message.op == "revoke" and message.task_id:
             self.revoked.add(message.task_id)
             self._broadcast_revoked[message.task_id] = time.monotonic()
@@ -770,3 +911,56 @@ class Worker:
                         running.cancel("revoked")
         elif message.op == "shutdown":
             self.stop()
+        return message
+
+    async def _answer(self, message: ControlMessage) -> None:
+        """Answer a request (``Monitor.inspect``/``control``) in its reply list."""
+        try:
+            answer = self._answer_for(message.op, message.arguments or {})
+            reply = msgspec.msgpack.encode({"worker": self.name, "answer": answer})
+            assert message.reply_to is not None
+            if not self.app.keys.is_control_reply(message.reply_to):
+                log.warning("ignoring a control request answering to %.80r: not a reply "
+                            "list of this app", message.reply_to)
+                return
+            await self.broker.push_control_reply(message.reply_to, reply)
+        except Exception as exc:  # a bad request never stops the listener
+            log.warning("worker %s: could not answer control %r: %s", self.name, message.op,
+                        exc)
+
+    def _answer_for(self, op: str, arguments: dict[str, Any]) -> Any:
+        if op == "ping":
+            return "pong"
+        if op == "shutdown":
+            return "shutting down"
+        if op == "cancel":
+            return f"cancelling {arguments.get('task_id')}" if any(
+                r.task_id == arguments.get("task_id") for r in self.running.values()
+            ) else "not running here"
+        if op == "rate_limit":
+            task = self.app.tasks.get(str(arguments.get("task")))
+            if task is None:
+                return f"unknown task {arguments.get('task')!r}"
+            return "recorded; rate limits are enforced by the flow-control work, not yet"
+        if op == "inspect":
+            what = arguments.get("what")
+            if what == "active":
+                now = time.monotonic()
+                return [{"id": r.task_id, "name": r.task_name, "queue": r.delivery.queue,
+                         "args": None if r.message is None else short_repr(r.message.args),
+                         "kwargs": None if r.message is None else short_repr(
+                             r.message.kwargs),
+                         "running_for": round(now - r.started, 3)}
+                        for r in self.running.values()]
+            if what == "reserved":
+                return []  # a worker takes only what it starts: nothing waits in it
+            if what == "scheduled":
+                return []  # delayed tasks wait in Redis (`aioqueue queues`), not here
+            if what == "registered":
+                return sorted(self.app.tasks)
+            if what == "stats":
+                return msgspec.structs.asdict(self.info())
+            if what == "revoked":
+                return sorted(self.revoked)
+            return f"unknown inspect {what!r}"
+        return f"unknown control {op!r}"

@@ -150,7 +150,8 @@ async def test_django_settings_with_the_celery_namespace_configure_a_working_app
     assert conf.beat_schedule["expire-unconfirmed-orders"]["kwargs"] == {"older_than_s": 3600}
     # Django's own settings are not settings of ours: no error, no notice.
     assert not [n for n in app.config_notices if n.startswith(("DEBUG", "INSTALLED_APPS"))]
-    assert "no event stream" in notice_about(app, "CELERY_WORKER_SEND_TASK_EVENTS")
+    assert conf.worker_send_task_events is True  # events exist: the setting is taken
+    assert not [n for n in app.config_notices if "SEND_TASK_EVENTS" in n]
     assert "arguments are not stored" in notice_about(app, "CELERY_RESULT_EXTENDED")
 
     @app.task(name="orders.tasks.confirm", bind=True)
@@ -327,7 +328,7 @@ def test_accept_content_picks_celery_default_serializer_and_is_checked() -> None
     ("enable_utc", False, "read as UTC either way"),
     ("worker_pool", "prefork", "asyncio; sync tasks run in threads"),
     ("CELERYD_POOL", "gevent", "asyncio; sync tasks run in threads"),
-    ("worker_send_task_events", True, "no event stream"),
+    ("event_queue_ttl", 5.0, "one capped Redis stream"),
     ("result_extended", True, "arguments are not stored"),
     ("task_soft_time_limit", 10, "not enforced"),
     ("task_reject_on_worker_lost", True, "delivered again after visibility_timeout"),

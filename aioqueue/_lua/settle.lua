@@ -5,7 +5,8 @@
 --
 -- Every key is declared in KEYS; operands name keys by their index in KEYS.
 -- ARGV[1] = consumer group, ARGV[2] = guard time to live (ms), ARGV[3] = reply list TTL
--- (ms), ARGV[4] = reply list cap. Then one block per outcome:
+-- (ms), ARGV[4] = reply list cap, ARGV[5] = events stream cap, ARGV[6] = event counters'
+-- TTL (s). Then one block per outcome:
 --   O stream_k id n       an outcome acknowledging entry `id` of KEYS[stream_k] (0: none),
 --                         followed by its n operations:
 --   S k record ttl_ms     SET the result record with a TTL
@@ -13,6 +14,8 @@
 --   Z k payload due guard_k  ZADD a message to the delayed set          per outcome)
 --   L k payload reason failed_at origin cap guard_k   XADD to a dead-letter stream, capped
 --   P k record            RPUSH the record to a reply list (after the acknowledgements)
+--   E k stats_k event field   XADD an event to the events stream and count it in a minute's
+--                         hash (never fails the outcome: events are best effort)
 --
 -- Redis scripts are atomic but not all-or-nothing, so each operation runs under pcall: a
 -- failing operation fails only its own outcome (which is then not acknowledged) and the
@@ -21,6 +24,8 @@
 -- not add the message twice.
 -- Returns {failures, reply_failures}: failures = {outcome number, error, ...}.
 local group, guard_ms, reply_ms, reply_cap = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local events_cap, stats_ttl = ARGV[5], ARGV[6]
+local stats_keys = {}
 local failures, reply_failures = {}, 0
 local acks, ack_order = {}, {}
 local reply_keys = {}
@@ -39,7 +44,7 @@ local function guarded(guard_k, action)
   return redis.pcall('SET', guard, '1', 'PX', guard_ms)
 end
 
-local i, n, outcome = 5, #ARGV, 0
+local i, n, outcome = 7, #ARGV, 0
 -- Replies waiting for the acknowledgements, as two flat arrays (no table per outcome: this
 -- loop runs once per settled task).
 local reply_k, reply_v, replies = {}, {}, 0
@@ -59,6 +64,12 @@ while i <= n do
     if op == 'S' then
       if not err then reply = redis.pcall('SET', key, ARGV[i + 2], 'PX', ARGV[i + 3]) end
       i = i + 4
+    elseif op == 'E' then
+      local stats = KEYS[tonumber(ARGV[i + 2])]
+      redis.pcall('XADD', key, 'MAXLEN', '~', events_cap, '*', 'e', ARGV[i + 3])
+      redis.pcall('HINCRBY', stats, ARGV[i + 4], 1)
+      stats_keys[stats] = true
+      i = i + 5
     elseif op == 'P' then
       replies = replies + 1
       reply_k[replies], reply_v[replies] = key, ARGV[i + 2]
@@ -139,5 +150,8 @@ for key in pairs(reply_keys) do
   redis.pcall('PEXPIRE', key, reply_ms)
   -- A producer that never awaits its handles must not grow its reply list forever.
   redis.pcall('LTRIM', key, -reply_cap, -1)
+end
+for key in pairs(stats_keys) do
+  redis.pcall('EXPIRE', key, stats_ttl)
 end
 return {failures, reply_failures}

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from ..errors import ConfigurationError
 from ._url import redact_url
-from .base import Broker, DeadLetter, Delivery, Enqueue, Outcome, Revocations, SettleFailure
+from .base import (
+    Broker,
+    DeadLetter,
+    Delivery,
+    Enqueue,
+    Outcome,
+    QueueDetails,
+    Revocations,
+    SettleFailure,
+)
 
 __all__ = (
-    "Broker", "DeadLetter", "Delivery", "Enqueue", "Outcome", "Revocations", "SettleFailure",
-    "create_broker", "redact_url",
+    "Broker", "DeadLetter", "Delivery", "Enqueue", "Outcome", "QueueDetails", "Revocations",
+    "SettleFailure", "create_broker", "redact_url",
 )
 
 

@@ -64,6 +64,25 @@ class Outcome:
     reply_to: str | None = None
     requeue: Enqueue | None = None
     dead_reason: str | None = None
+    #: Events to record with it (``aioqueue.events``): (encoded event, per-minute counter
+    #: field, minute). Recorded even when the rest of the outcome is refused.
+    events: tuple[tuple[bytes, str, int], ...] = ()
+
+
+@dataclass(slots=True)
+class QueueDetails:
+    """One queue as an operator sees it."""
+
+    name: str
+    #: Sent and not yet taken by a worker.
+    waiting: int = 0
+    #: Taken by a worker and not yet settled.
+    running: int = 0
+    #: Due later (countdown, eta, retry back-off).
+    delayed: int = 0
+    dead: int = 0
+    #: When the oldest waiting message was sent (epoch seconds), if any waits.
+    oldest_waiting_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -102,6 +121,10 @@ class Revocations:
 
 class Broker(Protocol):
     """Storage for messages, results, control and schedules."""
+
+    #: The events stream's cap and the per-minute counters' lifetime (set by the app).
+    events_max_len: int
+    events_stats_ttl_s: float
 
     #: The URL with any password replaced by ``***``, for logs and banners.
     display_url: str
@@ -202,6 +225,61 @@ class Broker(Protocol):
 
     async def interrupt_replies(self) -> None:
         """Make a blocked :meth:`wait_replies` return at once."""
+        ...
+
+    # -- monitoring ------------------------------------------------------------------------
+    async def register_worker(self, name: str, info: bytes, ttl_s: float) -> None:
+        """Record a live worker (``info`` is its encoded self-description) for ``ttl_s``."""
+        ...
+
+    async def unregister_worker(self, name: str) -> None:
+        """Forget a worker that stopped."""
+        ...
+
+    async def workers(self) -> dict[str, bytes]:
+        """The live workers' infos (expired ones are dropped)."""
+        ...
+
+    async def append_log(self, log: str, entries: Sequence[bytes], max_len: int) -> None:
+        """Append to a capped log stream (``events``, ``audit``)."""
+        ...
+
+    async def read_log(self, log: str, *, after: str | None = None, count: int = 100,
+                       block_s: float = 0.0) -> list[tuple[str, bytes]]:
+        """(id, entry) pairs: the newest ``count`` (oldest first) when ``after`` is None, else
+        those after that id, waiting up to ``block_s`` for one."""
+        ...
+
+    async def count_stats(self, counts: dict[tuple[int, str], int], ttl_s: float) -> None:
+        """Add to the per-minute counters: (minute, field) -> increment."""
+        ...
+
+    async def stats(self, minutes: Sequence[int]) -> dict[int, dict[str, int]]:
+        """The per-minute counters of these minutes (absent ones are left out)."""
+        ...
+
+    async def known_queues(self) -> list[str]:
+        """Every queue a worker or producer declared (``ensure_queues``)."""
+        ...
+
+    async def queue_details(self, queues: Sequence[str]) -> list[QueueDetails]:
+        """Depth, running, delayed, dead and the oldest waiting message of each queue."""
+        ...
+
+    async def purge_queue(self, queue: str) -> int:
+        """Delete the waiting and delayed messages of a queue (not the running ones)."""
+        ...
+
+    async def publish_control(self, message: bytes) -> None:
+        """Broadcast a control message to every worker."""
+        ...
+
+    async def push_control_reply(self, key: str, reply: bytes) -> None:
+        """A worker's answer to a control request (kept a minute)."""
+        ...
+
+    async def take_control_replies(self, key: str) -> list[bytes]:
+        """The answers arrived so far (taken: each is returned once)."""
         ...
 
     # -- control ---------------------------------------------------------------------------

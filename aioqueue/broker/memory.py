@@ -24,6 +24,7 @@ from .base import (
     Delivery,
     Enqueue,
     Outcome,
+    QueueDetails,
     Revocations,
     SettleFailure,
 )
@@ -50,6 +51,11 @@ class _Queue:
     dead: OrderedDict[str, DeadLetter] = field(default_factory=OrderedDict)
 
 
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class MemoryBroker:
     """Everything in this process's memory; nothing survives the process."""
 
@@ -73,6 +79,16 @@ class MemoryBroker:
         self._interrupted = False
         self._replies_interrupted = False
         self._lease: tuple[str, float] | None = None
+        #: Monitoring: workers (name -> (info, expires at)), logs, per-minute counters,
+        #: declared queues, control replies.
+        self._workers: dict[str, tuple[bytes, float]] = {}
+        self._logs: defaultdict[str, deque[tuple[str, bytes]]] = defaultdict(deque)
+        self._stats: defaultdict[int, dict[str, int]] = defaultdict(dict)
+        self._declared: set[str] = set()
+        self._control_replies: defaultdict[str, list[bytes]] = defaultdict(list)
+        #: Cap of the events log when settle records events (as the Redis broker's).
+        self.events_max_len = 100_000
+        self.events_stats_ttl_s = 7 * 86400.0
         self._ticks: dict[str, float] = {}
         self._last_runs: dict[str, float] = {}
         self._schedules: dict[str, str] = {}
@@ -115,6 +131,7 @@ class MemoryBroker:
     async def ensure_queues(self, queues: Sequence[str]) -> None:
         for q in queues:
             _ = self._queues[q]
+            self._declared.add(q)
 
     def _take(self, queues: Sequence[str], consumer: str, count: int) -> list[Delivery]:
         out: list[Delivery] = []
@@ -193,6 +210,9 @@ class MemoryBroker:
                 if o.dead_reason is not None and first:
                     entry_id = self._new_id()
                     q.dead[entry_id] = DeadLetter(d.queue, entry_id, d.payload, o.dead_reason, now)
+            if o.events:
+                self._append("events", [data for data, _, _ in o.events], self.events_max_len)
+                self._count({(minute, field): 1 for _, field, minute in o.events})
         self._notify()
         return []  # nothing here can refuse a write
 
@@ -232,6 +252,89 @@ class MemoryBroker:
 
     def abandon(self) -> None:
         """Nothing to close: no sockets."""
+
+    # -- monitoring ------------------------------------------------------------------------
+    async def register_worker(self, name: str, info: bytes, ttl_s: float) -> None:
+        self._workers[name] = (info, time.time() + ttl_s)
+
+    async def unregister_worker(self, name: str) -> None:
+        self._workers.pop(name, None)
+
+    async def workers(self) -> dict[str, bytes]:
+        now = time.time()
+        self._workers = {n: w for n, w in self._workers.items() if w[1] > now}
+        return {name: info for name, (info, _) in self._workers.items()}
+
+    def _append(self, log: str, entries: Sequence[bytes], max_len: int) -> None:
+        stream = self._logs[log]
+        for entry in entries:
+            stream.append((self._new_id(), entry))
+        while len(stream) > max_len:
+            stream.popleft()
+
+    async def append_log(self, log: str, entries: Sequence[bytes], max_len: int) -> None:
+        self._append(log, entries, max_len)
+        self._notify()
+
+    async def read_log(self, log: str, *, after: str | None = None, count: int = 100,
+                       block_s: float = 0.0) -> list[tuple[str, bytes]]:
+        deadline = time.monotonic() + block_s
+        while True:
+            stream = self._logs[log]
+            if after is None:
+                return list(stream)[-count:] if count else []
+            newer = [(i, e) for i, e in stream if _entry_order(i) > _entry_order(after)]
+            remaining = deadline - time.monotonic()
+            if newer or remaining <= 0 or self._closed:
+                return newer[:count]
+            await self._wait_change(remaining)
+
+    def _count(self, counts: dict[tuple[int, str], int]) -> None:
+        for (minute, field_name), n in counts.items():
+            fields = self._stats[minute]
+            fields[field_name] = fields.get(field_name, 0) + n
+
+    async def count_stats(self, counts: dict[tuple[int, str], int], ttl_s: float) -> None:
+        self._count(counts)
+
+    async def stats(self, minutes: Sequence[int]) -> dict[int, dict[str, int]]:
+        return {m: dict(self._stats[m]) for m in minutes if self._stats.get(m)}
+
+    async def known_queues(self) -> list[str]:
+        return sorted(self._declared | {n for n, q in self._queues.items()
+                                        if q.ready or q.pending or q.delayed or q.dead})
+
+    async def queue_details(self, queues: Sequence[str]) -> list[QueueDetails]:
+        out = []
+        for name in queues:
+            q = self._queues[name]
+            oldest = None
+            if q.ready:
+                oldest = _entry_order(next(iter(q.ready)))[0] / 1000
+            out.append(QueueDetails(name, waiting=len(q.ready), running=len(q.pending),
+                                    delayed=len(q.delayed), dead=len(q.dead),
+                                    oldest_waiting_at=oldest))
+        return out
+
+    async def purge_queue(self, queue: str) -> int:
+        q = self._queues[queue]
+        n = len(q.ready) + len(q.delayed)
+        q.ready.clear()
+        q.delayed.clear()
+        return n
+
+    async def publish_control(self, message: bytes) -> None:
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber.send_nowait(message)
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._subscribers.remove(subscriber)
+
+    async def push_control_reply(self, key: str, reply: bytes) -> None:
+        self._control_replies[key].append(reply)
+
+    async def take_control_replies(self, key: str) -> list[bytes]:
+        return self._control_replies.pop(key, [])
 
     async def delete_result(self, task_id: str) -> None:
         self._results.pop(task_id, None)

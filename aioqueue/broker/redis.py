@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -43,6 +44,7 @@ from .base import (
     Delivery,
     Enqueue,
     Outcome,
+    QueueDetails,
     Revocations,
     SettleFailure,
 )
@@ -74,6 +76,9 @@ _FETCH, _RECLAIM, _KEEP, _SETTLE = (script(n) for n in ("fetch", "reclaim", "kee
                                                          "settle"))
 _MOVE_DUE, _PRUNE, _REVOKE = script("move_due"), script("prune_consumers"), script("revoke")
 _LEASE, _RELEASE, _REQUEUE = script("lease"), script("release"), script("requeue_dead")
+_PURGE = script("purge_queue")
+#: Control answers wait this long for the asker to read them.
+CONTROL_REPLY_TTL_S = 60.0
 
 
 def _message(flat: list[bytes] | None) -> bytes:
@@ -130,6 +135,10 @@ class RedisBroker:
 
     #: Most replies one reply list keeps (see :data:`~aioqueue.broker.base.REPLY_CAP`).
     reply_cap: int = REPLY_CAP
+    #: The events stream's cap and how long the per-minute counters live (the app sets
+    #: them from ``events_max_len`` / ``events_stats_ttl``).
+    events_max_len: int = 100_000
+    events_stats_ttl_s: float = 7 * 86400.0
 
     def __init__(
         self,
@@ -150,6 +159,8 @@ class RedisBroker:
         self._hot = RespConnection(**self.target.resp_options())
         self._fetch = _Blocking(self.target, max_block_s)
         self._replies = _Blocking(self.target, max_block_s)
+        #: A blocking connection for tailing a log (monitors only), made on first use.
+        self._log_reader: _Blocking | None = None
         # Pub/sub only; typed as Any because redis-py's stubs type replies as bytes | str.
         self._pubsub_client: Any = None
         self._known_groups: set[str] = set()
@@ -241,6 +252,8 @@ class RedisBroker:
         # closes its broker before its loop ends).
         for conn in (self._hot, self._fetch.conn, self._replies.conn):
             conn.abandon()
+        if self._log_reader is not None:
+            self._log_reader.conn.abandon()
 
     async def close(self) -> None:
         self._closed = True
@@ -248,6 +261,8 @@ class RedisBroker:
         await self.interrupt_replies()
         await self._fetch.close()
         await self._replies.close()
+        if self._log_reader is not None:
+            await self._log_reader.close()
         await self._hot.close()
         if self._pubsub_client is not None:
             await self._pubsub_client.aclose()
@@ -290,6 +305,7 @@ class RedisBroker:
                         raise
 
             await self._call(create, what="XGROUP CREATE")
+            await self._run("SADD", self.keys.queues, queue)  # for monitors: known queues
             self._known_groups.add(stream)
 
     async def _blocking_read(self, *command: Any) -> Any:
@@ -411,7 +427,8 @@ class RedisBroker:
         stream_index: dict[str, int] = {}  # queue -> index of its stream key
 
         args: list[Any] = [CONSUMER_GROUP, int(SETTLE_GUARD_TTL_S * 1000),
-                           int(REPLY_TTL_S * 1000), self.reply_cap]
+                           int(REPLY_TTL_S * 1000), self.reply_cap, self.events_max_len,
+                           max(1, int(self.events_stats_ttl_s))]
         now = repr(time.time())
         keys_ = self.keys
         for o in outcomes:
@@ -447,6 +464,9 @@ class RedisBroker:
                 n += 1
             if o.reply_to is not None and o.record is not None:
                 args += ("P", k(o.reply_to), o.record)
+                n += 1
+            for data, stat, minute in o.events:
+                args += ("E", k(keys_.log("events")), k(keys_.stats(minute)), data, stat)
                 n += 1
             args[header] = n
         failures, _reply_failures = await self._eval(_SETTLE, keys, args)
@@ -600,6 +620,123 @@ class RedisBroker:
         counts = await self._call(lambda: hot.execute_many(commands), what="XLEN")
         return {q: (int(counts[3 * i]), int(counts[3 * i + 1]), int(counts[3 * i + 2]))
                 for i, q in enumerate(queues)}
+
+    # -- monitoring ------------------------------------------------------------------------
+    async def register_worker(self, name: str, info: bytes, ttl_s: float) -> None:
+        hot, keys = self._hot, self.keys
+        await self._call(lambda: hot.execute_many([
+            ("HSET", keys.workers, name, info),
+            ("ZADD", keys.workers_expiry, repr(time.time() + ttl_s), name),
+        ]), what="HSET")
+
+    async def unregister_worker(self, name: str) -> None:
+        hot, keys = self._hot, self.keys
+        await self._call(lambda: hot.execute_many([
+            ("HDEL", keys.workers, name), ("ZREM", keys.workers_expiry, name)]), what="HDEL")
+
+    async def workers(self) -> dict[str, bytes]:
+        hot, keys = self._hot, self.keys
+        gone = await self._run("ZRANGEBYSCORE", keys.workers_expiry, "-inf", repr(time.time()))
+        if gone:  # stopped without saying so (killed): forget them
+            await self._call(lambda: hot.execute_many([
+                ("HDEL", keys.workers, *gone), ("ZREM", keys.workers_expiry, *gone)]),
+                what="HDEL")
+        return {k.decode(): v for k, v in _fields(await self._run("HGETALL", keys.workers))
+                .items()}
+
+    async def append_log(self, log: str, entries: Sequence[bytes], max_len: int) -> None:
+        if not entries:
+            return
+        key, hot = self.keys.log(log), self._hot
+        await self._call(lambda: hot.execute_many(
+            [("XADD", key, "MAXLEN", "~", max_len, "*", "e", e) for e in entries]), what="XADD")
+
+    async def read_log(self, log: str, *, after: str | None = None, count: int = 100,
+                       block_s: float = 0.0) -> list[tuple[str, bytes]]:
+        key = self.keys.log(log)
+        if after is None:
+            entries = await self._run("XREVRANGE", key, "+", "-", "COUNT", count)
+            return [(i.decode(), _fields(f).get(b"e", b"")) for i, f in reversed(entries)]
+        if block_s > 0:
+            if self._log_reader is None:
+                self._log_reader = _Blocking(self.target, self._max_block_s)
+            try:
+                reply = await self._log_reader.call(
+                    "XREAD", "COUNT", count, "BLOCK", self._block_ms(block_s), "STREAMS", key,
+                    after)
+            except _CONNECTION_ERRORS as exc:
+                raise BrokerConnectionError(
+                    f"cannot reach Redis at {self.display_url}: {exc}") from exc
+            entries = reply[0][1] if reply else []
+        else:
+            entries = await self._run("XRANGE", key, f"({after}", "+", "COUNT", count)
+        return [(i.decode(), _fields(f).get(b"e", b"")) for i, f in entries]
+
+    async def count_stats(self, counts: dict[tuple[int, str], int], ttl_s: float) -> None:
+        commands: list[tuple[Any, ...]] = []
+        for (minute, field), n in counts.items():
+            commands += [("HINCRBY", self.keys.stats(minute), field, n),
+                         ("EXPIRE", self.keys.stats(minute), max(1, int(ttl_s)))]
+        if commands:
+            hot = self._hot
+            await self._call(lambda: hot.execute_many(commands), what="HINCRBY")
+
+    async def stats(self, minutes: Sequence[int]) -> dict[int, dict[str, int]]:
+        if not minutes:
+            return {}
+        hot = self._hot
+        replies = await self._call(lambda: hot.execute_many(
+            [("HGETALL", self.keys.stats(m)) for m in minutes]), what="HGETALL")
+        return {m: {k.decode(): int(v) for k, v in _fields(flat).items()}
+                for m, flat in zip(minutes, replies, strict=True) if flat}
+
+    async def known_queues(self) -> list[str]:
+        return sorted(q.decode() for q in await self._run("SMEMBERS", self.keys.queues))
+
+    async def queue_details(self, queues: Sequence[str]) -> list[QueueDetails]:
+        out = []
+        for queue in queues:
+            stream = self.keys.stream(queue)
+            hot = self._hot
+            commands: list[tuple[Any, ...]] = [
+                ("XLEN", stream), ("ZCARD", self.keys.delayed(queue)),
+                ("XLEN", self.keys.dead(queue))]
+            length, delayed, dead = await self._call(
+                functools.partial(hot.execute_many, commands), what="XLEN")
+            try:
+                groups = await self._run("XINFO", "GROUPS", stream)
+            except BrokerError:  # no stream yet
+                groups = []
+            pending, last = 0, "0-0"
+            if isinstance(groups, list):
+                for group in groups:
+                    info = _fields(group)
+                    if info.get(b"name") == CONSUMER_GROUP.encode():
+                        pending = int(info.get(b"pending", 0))
+                        last = info.get(b"last-delivered-id", b"0-0").decode()
+            oldest = None
+            first = await self._run("XRANGE", stream, f"({last}", "+", "COUNT", 1)
+            if first:
+                oldest = int(first[0][0].split(b"-")[0]) / 1000
+            out.append(QueueDetails(queue, waiting=max(0, int(length) - pending),
+                                    running=pending, delayed=int(delayed), dead=int(dead),
+                                    oldest_waiting_at=oldest))
+        return out
+
+    async def purge_queue(self, queue: str) -> int:
+        return int(await self._eval(_PURGE, [self.keys.stream(queue), self.keys.delayed(queue)],
+                                    [CONSUMER_GROUP]))
+
+    async def publish_control(self, message: bytes) -> None:
+        await self._run("PUBLISH", self.keys.control, message)
+
+    async def push_control_reply(self, key: str, reply: bytes) -> None:
+        hot = self._hot
+        await self._call(lambda: hot.execute_many([
+            ("RPUSH", key, reply), ("EXPIRE", key, int(CONTROL_REPLY_TTL_S))]), what="RPUSH")
+
+    async def take_control_replies(self, key: str) -> list[bytes]:
+        return list(await self._run("LPOP", key, 1000) or ())
 
     # -- dead letters ----------------------------------------------------------------------
     async def dead_letters(self, queue: str, count: int) -> list[DeadLetter]:
