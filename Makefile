@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck bench bench-short bench-scaling bench-env redis clean
+.PHONY: test demo screenshot lint typecheck bench bench-short bench-scaling bench-env redis chromium clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,10 +27,17 @@ $(REDIS_6_0): $(STAMP)
 redis:
 	@sh scripts/ensure-redis.sh
 
-test: $(STAMP) redis $(REDIS_6_0)
+chromium:
+	@sh scripts/ensure-chromium.sh
+
+test: $(STAMP) redis chromium $(REDIS_6_0)
 	$(BIN)/ruff check aioqueue tests examples benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# docs/dashboard.png, as the README shows it: real tasks, a real worker, headless Chromium.
+screenshot: $(STAMP) redis chromium
+	$(BIN)/python scripts/dashboard_screenshot.py
 
 demo: $(STAMP) redis
 	$(BIN)/python examples/demo.py

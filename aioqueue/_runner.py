@@ -271,6 +271,10 @@ class TaskRunner:
                                                               msg.eta))
         if self.on_start is not None:
             self.on_start(running)
+        if self.app.around_run is not None:  # instrumented (aioqueue.contrib.otel)
+            execution = (self._execute_hooked if task.has_hooks or signals.task_receivers
+                         else self._execute_plain)(running, delivery, msg, task)
+            return await self.app.around_run(running, execution)
         if task.has_hooks or signals.task_receivers:
             return await self._execute_hooked(running, delivery, msg, task)
         # No hooks: straight to the run (one coroutine frame less per task).
@@ -440,6 +444,7 @@ class TaskRunner:
             id=msg.id, task=msg.task, args=msg.args, kwargs=msg.kwargs, queue=msg.queue,
             retries=msg.retries + 1, eta=due, expires=msg.expires, time_limit=msg.time_limit,
             reply_to=msg.reply_to, ignore_result=msg.ignore_result, max_retries=msg.max_retries,
+            headers=msg.headers,
         )
         log.warning("Task %s[%s] retry %d in %.3gs: %s", msg.task, msg.id, msg.retries + 1,
                     delay, exc)

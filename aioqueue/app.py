@@ -24,6 +24,8 @@ from .result import AsyncResult, ResultWaiter
 from .task import Task, TaskOptions
 
 if TYPE_CHECKING:
+    from ._runner import Running
+    from .broker import Outcome
     from .schedules import Schedule
     from .worker import Worker
 
@@ -188,6 +190,12 @@ class AioQueue:
         self.lifespans: list[Callable[[], Any]] = []
         #: What the lifespans yielded, in a running worker process (``Task.resources``).
         self.resources: dict[str, Any] = {}
+        #: Instrumentation hooks (``aioqueue.contrib.otel`` sets them; None costs nothing):
+        #: headers for each message built, ``(task name, task id, queue) -> headers``, and a
+        #: wrapper awaiting each task run, ``(running, execution) -> outcome``.
+        self.message_headers: Callable[[str, str, str], dict[str, str] | None] | None = None
+        self.around_run: Callable[[Running, Coroutine[Any, Any, Outcome]],
+                                  Coroutine[Any, Any, Outcome]] | None = None
         _current_app = weakref.ref(self)
         _all_apps.add(self)
         for fn, options in _shared_tasks:
@@ -606,8 +614,10 @@ class AioQueue:
             expires = task.options.expires
         expires_at = None if expires is None else when_to_epoch(expires, now)
         target = self.queue_for(name, queue)
+        task_id = task_id or new_task_id()
+        headers = self.message_headers
         msg = TaskMessage(
-            id=task_id or new_task_id(),
+            id=task_id,
             task=name,
             args=args,
             kwargs=kwargs,
@@ -618,6 +628,7 @@ class AioQueue:
             reply_to=None if ignore_result or not reply else (reply_key or self._reply_to),
             ignore_result=ignore_result,
             max_retries=max_retries,
+            headers=None if headers is None else headers(name, task_id, target),
         )
         payload = self._encode_call(msg)
         return msg, Enqueue(target, payload, due if due is not None and due > now else None)
@@ -796,10 +807,15 @@ class AioQueue:
         name: str | None = None,
         max_tasks: int | None = None,
         retry_on_startup: bool = False,
+        metrics_port: int | None = None,
+        events: bool | None = None,
     ) -> Worker:
         """A worker for this app: ``async with app.worker(concurrency=50): ...``.
 
         ``burst=True`` makes :meth:`Worker.run` return once the queues are drained (tests).
+        ``metrics_port``: serve Prometheus metrics on ``127.0.0.1:PORT/metrics`` while it
+        runs (needs ``aioqueue[metrics]``; see ``aioqueue.metrics``). ``events``: record
+        task events (default: the ``worker_send_task_events`` setting).
         """
         from .worker import Worker  # worker imports app; the import runs only on use
 
@@ -812,4 +828,6 @@ class AioQueue:
             name=name or f"{os.uname().nodename}.{os.getpid()}.{uuid.uuid4().hex[:6]}",
             max_tasks=max_tasks,
             retry_on_startup=retry_on_startup,
+            metrics_port=metrics_port,
+            events=events,
         )

@@ -23,23 +23,36 @@ import re
 import socket
 import sys
 import sysconfig
+import time
 import traceback
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import UTC, datetime
+from enum import StrEnum
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as distribution_version
 from types import ModuleType
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import anyio
+import msgspec
 import typer
 
 from . import __version__
 from ._concurrency import run_main
 from ._supervisor import RECYCLE_EXIT_CODE
 from .app import AioQueue
-from .errors import AioQueueError
+from .broker import QueueDetails
+from .errors import AioQueueError, RemoteTaskError
+from .events import STATE_OF, Event, EventType
+from .message import State
+from .monitor import Monitor, WorkerInfo
+from .result import ResultInfo
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.text import Text
 
 __all__ = ("cli", "find_app", "load_app", "main", "versions")
 
@@ -90,9 +103,20 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+BROKER_HELP = ("Where the app cannot be imported: the Redis URL to operate on (status, inspect, "
+               "control, queues, result, purge, events, dashboard), with a bare app.")
+PREFIX_HELP = "With --broker: the apps' key_prefix (default: aioqueue)."
+BrokerOpt = Annotated[str | None, typer.Option("--broker", "-b", metavar="URL", help=BROKER_HELP,
+                                               show_default=False)]
+PrefixOpt = Annotated[str | None, typer.Option("--prefix", metavar="PREFIX", help=PREFIX_HELP,
+                                               show_default=False)]
+
+
 @cli.callback()
 def _root(
     app_name: AppOpt = None,
+    broker_url: BrokerOpt = None,
+    key_prefix: PrefixOpt = None,
     version: Annotated[bool, typer.Option(
         "--version", is_eager=True, callback=_print_version,
         help="Print the versions of aioqueue, Python and redis-py, and the platform.")] = False,
@@ -347,7 +371,11 @@ def load_app(target: str) -> AioQueue:
 
 def _app_target(ctx: typer.Context, positional: str | None, option: str | None) -> str:
     """The one app named by the positional APP, the command's -A, or the top-level -A."""
-    root = ctx.find_root().params.get("app_name")
+    params = ctx.find_root().params
+    if params.get("broker_url") or params.get("key_prefix"):
+        _fail(f"--broker and --prefix are for {', '.join(OPS_COMMANDS)}; "
+              f"`{ctx.command_path}` needs the app: pass -A")
+    root = params.get("app_name")
     given = list(dict.fromkeys(v for v in (positional, option, root) if v))
     if not given:
         _fail("which app? pass -A, for example `aioqueue -A proj worker`, or name it first: "
@@ -382,15 +410,86 @@ def _run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         raise typer.Exit(1) from None
 
 
-def _setup_logging(level: str) -> None:
+class LogFormat(StrEnum):
+    """``--log-format``: Celery's text lines, or one JSON object per line."""
+
+    text = "text"
+    json = "json"
+
+
+#: Fields of a log record that are not the caller's ``extra=``.
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName"}
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per log line, for log collectors (``--log-format json``).
+
+    Every line has ``timestamp`` (ISO 8601, UTC), ``level``, ``logger``, ``message``,
+    ``process`` and ``pid``. A task's lines (the worker's ``Task name[id] ...``) also have
+    ``task`` and ``task_id``, a success its ``duration_s``; a line logged with an exception
+    has its ``traceback``. Values passed with ``extra=`` are kept as fields too.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.processName,
+            "pid": record.process,
+        }
+        doc.update(_task_fields(record))
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS and not key.startswith("_"):
+                doc.setdefault(key, value)
+        if record.exc_info:
+            doc["traceback"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            doc["traceback"] = record.exc_text
+        if record.stack_info:
+            doc["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(doc, default=repr, ensure_ascii=False)
+
+
+def _task_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """``task``, ``task_id`` and ``duration_s`` of a worker's ``Task %s[%s] ...`` line."""
+    args = record.args
+    if not (isinstance(record.msg, str) and record.msg.startswith("Task %s[%s]")
+            and isinstance(args, tuple) and len(args) >= 2):
+        return {}
+    fields: dict[str, Any] = {"task": str(args[0]), "task_id": str(args[1])}
+    if (record.msg.startswith("Task %s[%s] succeeded in %") and len(args) >= 3
+            and isinstance(args[2], int | float)):
+        fields["duration_s"] = round(float(args[2]), 6)
+    return fields
+
+
+def _setup_logging(level: str, log_format: LogFormat = LogFormat.text) -> None:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         _fail(f"unknown log level {level!r}: use debug, info, warning, error or critical")
-    logging.basicConfig(level=numeric, format=LOG_FORMAT, stream=sys.stderr)
+    if log_format is LogFormat.json:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonLogFormatter())
+        logging.basicConfig(level=numeric, handlers=[handler])
+    else:
+        logging.basicConfig(level=numeric, format=LOG_FORMAT, stream=sys.stderr)
+
+
+def _json_line(message: str, level: str = "INFO", **fields: Any) -> str:
+    """A JSON line shaped like :class:`JsonLogFormatter`'s, for what the CLI prints itself."""
+    record = logging.LogRecord("aioqueue.cli", logging.getLevelName(level), __file__, 0,
+                               message, None, None)
+    record.__dict__.update(fields)
+    return JsonLogFormatter().format(record)
 
 
 def _banner(app: AioQueue, where: str, concurrency: int, queues: list[str], beat: bool,
-            processes: int, max_tasks: int | None, max_memory_kb: int | None) -> str:
+            processes: int, max_tasks: int | None, max_memory_kb: int | None,
+            events: bool = False, metrics_port: int | None = None) -> str:
     loop = "uvloop" if _has_uvloop() else "asyncio"
     lines = [
         f" -------------- aioqueue@{socket.gethostname()} v{__version__} "
@@ -402,7 +501,10 @@ def _banner(app: AioQueue, where: str, concurrency: int, queues: list[str], beat
         + (f" x {processes} processes" if processes > 1 else ""),
         f" queues:       {', '.join(queues)}",
         f" serializer:   {app.conf.task_serializer}",
+        f" task events:  {'on' if events else 'off'}",
     ]
+    if metrics_port is not None:
+        lines.append(f" metrics:      port {metrics_port} (/metrics)")
     recycle = ([f"after {max_tasks} tasks"] if max_tasks is not None else []) + (
         [f"over {max_memory_kb} KiB resident"] if max_memory_kb is not None else [])
     if recycle:
@@ -489,6 +591,18 @@ def worker(
     burst: Annotated[bool, typer.Option("--burst", help="Exit once the queues are drained.")]
     = False,
     name: Annotated[str | None, typer.Option("--name", "-n", help="Worker name.")] = None,
+    events: Annotated[bool, typer.Option(
+        "--events", "-E", "--task-events",
+        help="Record task events (for aioqueue events, result timings and the dashboard); "
+             "default: the worker_send_task_events setting.")] = False,
+    log_format: Annotated[LogFormat, typer.Option(
+        "--log-format", case_sensitive=False,
+        help="text, or json: every log line one JSON object (timestamp, level, logger, "
+             "message; task, task_id and duration_s on task lines).")] = LogFormat.text,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", min=1, max=65535, metavar="PORT", show_default=False,
+        help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (needs "
+             "aioqueue[metrics]); one process only.")] = None,
 ) -> None:
     """Run a worker, for example: aioqueue -A proj worker -c 100 -Q default -l info.
 
@@ -497,18 +611,34 @@ def worker(
     """
     app, where = find_app(_app_target(ctx, target, app_opt))
     _import_tasks(app, where)
-    _setup_logging(loglevel)
+    _setup_logging(loglevel, log_format)
     size = concurrency or app.conf.worker_concurrency
     names = _queues(queues, app)
     max_tasks = (max_tasks_per_child if max_tasks_per_child is not None
                  else _positive_setting(app, "worker_max_tasks_per_child"))
     max_memory = (max_memory_per_child if max_memory_per_child is not None
                   else _positive_setting(app, "worker_max_memory_per_child"))
+    if metrics_port is not None and not _accepts(Worker, "metrics_port"):
+        _fail("--metrics-port: this version's Worker does not take metrics_port (yet)")
+    if metrics_port is not None and processes > 1:
+        _fail(f"--metrics-port serves one process's metrics: with --processes {processes} "
+              "they would all take the same port (run one worker per port instead)")
+    events_on = events or bool(app.conf.worker_send_task_events)
     supervised = os.environ.get("AIOQUEUE_SUPERVISED") == "1"
     if not supervised:
-        typer.echo(_banner(app, where, size, names, beat, processes, max_tasks, max_memory))
-        if not app.tasks:
-            typer.echo(_no_tasks_warning(where), err=True)
+        if log_format is LogFormat.json:
+            typer.echo(_json_line(
+                "aioqueue worker starting", app=app.main, where=where,
+                broker=app.display_broker_url, concurrency=size, processes=processes,
+                queues=names, beat=beat, task_events=events_on, metrics_port=metrics_port,
+                tasks=sorted(app.tasks)))
+            if not app.tasks:
+                typer.echo(_json_line(_no_tasks_warning(where), "WARNING"), err=True)
+        else:
+            typer.echo(_banner(app, where, size, names, beat, processes, max_tasks, max_memory,
+                               events_on, metrics_port))
+            if not app.tasks:
+                typer.echo(_no_tasks_warning(where), err=True)
         # Recycling needs someone to start the replacement: a supervisor, even for one.
         if processes > 1 or max_tasks is not None or max_memory is not None:
             from ._supervisor import supervise
@@ -516,15 +646,21 @@ def worker(
             raise typer.Exit(supervise(sys.argv, processes, max_tasks=max_tasks,
                                        max_memory_kb=max_memory, burst=burst))
     w = app.worker(concurrency=size, queues=names, burst=burst, beat=beat, name=name)
+    # What app.worker() may not take (yet): then the Worker is built here, as it would be.
+    extra: dict[str, Any] = {}
     if supervised and max_tasks is not None:
-        # The worker stops itself after max_tasks; app.worker() does not take it (yet).
-        max_kw: dict[str, Any] = {"max_tasks": max_tasks}
-        if _accepts(app.worker, "max_tasks"):
+        extra["max_tasks"] = max_tasks  # the worker stops itself after max_tasks
+    if events:
+        extra["events"] = True
+    if metrics_port is not None:
+        extra["metrics_port"] = metrics_port
+    if extra:
+        if all(_accepts(app.worker, key) for key in extra):
             w = app.worker(concurrency=size, queues=names, burst=burst, beat=beat,
-                           name=w.name, **max_kw)
+                           name=w.name, **extra)
         else:
             w = Worker(app, concurrency=w.concurrency, queues=w.queues, burst=burst,
-                       beat=beat, name=w.name, **max_kw)
+                       beat=beat, name=w.name, **extra)
 
     async def serve() -> None:
         try:
@@ -772,22 +908,763 @@ def dead_purge(ctx: typer.Context, target: TargetArg = None, app_opt: AppOpt = N
     _run_dead(ctx, target, app_opt, queue, "purge")
 
 
+# -- operating: status, inspect, control, queues, result, purge, events, dashboard -------------
+OPS_COMMANDS = ("status", "inspect", "control", "queues", "result", "purge", "events",
+                "dashboard")
+inspect_cli = typer.Typer(
+    help="Ask the running workers what they do: active, scheduled, reserved, registered, "
+         "stats, revoked (as celery inspect).", no_args_is_help=True)
+control_cli = typer.Typer(
+    help="Tell the running workers what to do: ping, shutdown, rate-limit, cancel (as celery "
+         "control).", no_args_is_help=True)
+cli.add_typer(inspect_cli, name="inspect")
+cli.add_typer(control_cli, name="control")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout "
+                                                      "(for scripts) instead of tables.")]
+DestinationOpt = Annotated[str | None, typer.Option(
+    "--destination", "-d", metavar="WORKER", show_default=False,
+    help="Only this worker (its name, as aioqueue status lists it). Default: every worker.")]
+TimeoutOpt = Annotated[float | None, typer.Option(
+    "--timeout", "-t", min=0.0, metavar="SECONDS", show_default=False,
+    help="How long to wait for the workers' answers (default: 1).")]
+QueuesOpt = Annotated[list[str] | None, typer.Option(
+    "--queues", "-Q", show_default=False,
+    help="Queues (comma-separated or repeated). Default: every known queue.")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", "--force", "-f",
+                                      help="Do not ask for confirmation.")]
+
+#: How many of the newest events ``aioqueue result`` looks through for a task's timings.
+RESULT_EVENTS_SCAN = 5000
+#: Final task events, as ``aioqueue result`` reads them.
+_FINAL_EVENTS = frozenset({EventType.SUCCEEDED, EventType.FAILED, EventType.RETRIED,
+                           EventType.REVOKED, EventType.DEAD})
+
+T = TypeVar("T")
+
+
+def _ops_app(ctx: typer.Context, target: str | None, app_opt: str | None,
+             broker: str | None, prefix: str | None) -> AioQueue:
+    """The app an operating command works on: the user's (-A, MODULE:ATTR), or a bare one on
+    ``--broker`` (with ``--prefix``) where the app cannot be imported."""
+    params = ctx.find_root().params
+    url = broker or params.get("broker_url")
+    key_prefix = prefix or params.get("key_prefix")
+    named = target or app_opt or params.get("app_name")
+    if url:
+        if named:
+            _fail(f"pass the app ({named}) or --broker, not both")
+        try:
+            return AioQueue("aioqueue", broker=url, key_prefix=key_prefix or "aioqueue")
+        except AioQueueError as exc:
+            _fail(str(exc))
+    if key_prefix:
+        _fail("--prefix goes with --broker (an app has its own key_prefix setting)")
+    if not named:
+        _fail("which app? pass -A, for example `aioqueue -A proj status`, or `aioqueue status "
+              "proj:app`; where the app cannot be imported, --broker redis://HOST:PORT/DB")
+    app, _ = find_app(_app_target(ctx, target, app_opt))
+    return app
+
+
+def _operate(app: AioQueue, work: Callable[[Monitor], Coroutine[Any, Any, T]]) -> T:
+    """Run ``work(Monitor(app))`` on a loop of its own, then close the app's connections."""
+    done: list[T] = []
+
+    async def main() -> None:
+        try:
+            done.append(await work(Monitor(app)))
+        finally:
+            await app.close()
+
+    _run(main)
+    return done[0]
+
+
+def _split_app(ctx: typer.Context, words: list[str] | None, app_given: bool,
+               names: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """``[APP] NAME...``: the app comes first unless -A or --broker gave it."""
+    params = ctx.find_root().params
+    given = app_given or bool(params.get("app_name") or params.get("broker_url"))
+    rest = list(words or [])
+    if not given and len(rest) == len(names) + 1:
+        return rest[0], rest[1:]
+    if len(rest) != len(names):
+        shown = " ".join(names)
+        _fail(f"expected {shown}, got {' '.join(rest) or 'nothing'} (for example: aioqueue "
+              f"-A proj {ctx.command_path.partition(' ')[2]} {shown})")
+    return None, rest
+
+
+def _queue_names(values: list[str] | None) -> list[str]:
+    return [q.strip() for value in values or [] for q in value.split(",") if q.strip()]
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` when JSON can hold it, else its ``repr``."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def _print_json(doc: Any) -> None:
+    typer.echo(json.dumps(doc, indent=2, default=repr, ensure_ascii=False))
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    # No markup: task names, ids and reprs are shown as they are ("add[1]" is no style).
+    console = Console(markup=False, highlight=False, emoji=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 200  # piped: whole ids rather than 80 columns of ellipses
+    return console
+
+
+def _cell(value: Any) -> Text:
+    from rich.text import Text
+
+    if value is None:
+        return Text("-")
+    if isinstance(value, float):
+        return Text(f"{value:g}")
+    if isinstance(value, list | tuple):
+        return Text(", ".join(str(v) for v in value))
+    return Text(str(value))
+
+
+def _table(title: str | None, columns: list[str], rows: list[list[Any]],
+           right: tuple[str, ...] = ()) -> RenderableType:
+    """A table (under its title line); cells fold rather than lose characters."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table()
+    for column in columns:
+        table.add_column(Text(column), justify="right" if column in right else "left",
+                         overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(value) for value in row))
+    return table if title is None else Group(Text(title), table)
+
+
+def age(seconds: float) -> str:
+    """A duration as operators read it: ``42s``, ``3m12s``, ``2h05m``, ``3d04h``."""
+    whole = int(max(0.0, seconds))
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}s" if value < 60 else age(value)
+
+
+def _worker_doc(info: WorkerInfo) -> dict[str, Any]:
+    return {**msgspec.structs.asdict(info), "uptime_s": round(info.uptime_s, 3)}
+
+
+def _queue_doc(queue: QueueDetails, now: float) -> dict[str, Any]:
+    oldest = queue.oldest_waiting_at
+    return {"name": queue.name, "waiting": queue.waiting, "running": queue.running,
+            "delayed": queue.delayed, "dead": queue.dead, "oldest_waiting_at": oldest,
+            "oldest_waiting_age_s": None if oldest is None else round(max(0.0, now - oldest),
+                                                                      3)}
+
+
+def _no_answer(destination: str | None) -> NoReturn:
+    who = f"worker {destination!r}" if destination else "worker"
+    typer.echo(f"no {who} answered (`aioqueue status` lists the live workers)", err=True)
+    raise typer.Exit(1)
+
+
+# -- status ------------------------------------------------------------------------------------
 @cli.command()
 def status(ctx: typer.Context, target: TargetArg = None, app_opt: AppOpt = None,
-           queues: Annotated[list[str] | None, typer.Option("--queues", "-Q")] = None) -> None:
-    """Print ready, delayed and dead message counts per queue."""
-    app, _ = find_app(_app_target(ctx, target, app_opt))
-    names = _queues(queues, app)
+           queues: QueuesOpt = None, broker: BrokerOpt = None, prefix: PrefixOpt = None,
+           as_json: JsonOpt = False) -> None:
+    """Show the live workers and their load, then ready, delayed and dead counts per queue.
+
+    With no worker running it says so (on stderr) and still exits 0.
+    """
+    app = _ops_app(ctx, target, app_opt, broker, prefix)
+    names = _queue_names(queues)
+
+    async def work(monitor: Monitor) -> tuple[list[WorkerInfo], list[QueueDetails]]:
+        return await monitor.workers(), await monitor.queues(names or None)
+
+    workers, details = _operate(app, work)
+    now = time.time()
+    if as_json:
+        _print_json({"workers": [_worker_doc(w) for w in workers],
+                     "queues": [_queue_doc(q, now) for q in details]})
+        return
+    if workers:
+        _console().print(_table(
+            f"{len(workers)} worker(s)",
+            ["worker", "host", "pid", "queues", "concurrency", "running", "processed",
+             "uptime", "load"],
+            [[w.name, w.hostname, w.pid, w.queues, w.concurrency, w.running, w.processed,
+              age(w.uptime_s), None if w.load is None else f"{w.load:.2f}"] for w in workers],
+            right=("pid", "concurrency", "running", "processed", "uptime", "load")))
+    else:
+        typer.echo("no workers are running", err=True)
+    for queue in details:
+        typer.echo(f"{queue.name}: ready={queue.waiting} delayed={queue.delayed} "
+                   f"dead={queue.dead}")
+
+
+# -- inspect -----------------------------------------------------------------------------------
+def _inspect(ctx: typer.Context, what: str, target: str | None, app_opt: str | None,
+             destination: str | None, timeout: float | None, broker: str | None,
+             prefix: str | None, as_json: bool) -> None:
+    app = _ops_app(ctx, target, app_opt, broker, prefix)
+    answers = _operate(app, lambda monitor: monitor.inspect(
+        what, destination=destination, timeout_s=timeout))
+    if as_json:
+        _print_json(answers)
+    elif answers:
+        console = _console()
+        for worker_name, answer in answers.items():
+            console.print(_answer_renderable(worker_name, what, answer))
+    if not answers:
+        _no_answer(destination)
+
+
+#: Epoch-seconds fields of ``inspect stats``, shown as times.
+_TIMES = frozenset({"started_at", "last_seen"})
+
+
+def _answer_renderable(worker_name: str, what: str, answer: Any) -> RenderableType:
+    """One worker's answer to ``inspect WHAT``: a table, or a line."""
+    from rich.text import Text
+
+    if isinstance(answer, list):
+        if not answer:
+            return Text(f"{worker_name}: no {what} - empty -")
+        title = f"{worker_name}: {len(answer)} {what}"
+        if all(isinstance(row, dict) for row in answer):
+            columns = list(dict.fromkeys(key for row in answer for key in row))
+            return _table(title, [c.replace("_", " ") for c in columns],
+                          [[row.get(c) for c in columns] for row in answer])
+        return _table(title, [what], [[row] for row in answer])
+    if isinstance(answer, dict):
+        return _table(f"{worker_name}: {what}", ["", "value"],
+                      [[key, _clock(value) if key in _TIMES and isinstance(value, float)
+                        else value] for key, value in answer.items()])
+    return Text(f"{worker_name}: {answer}")
+
+
+_INSPECT_HELP = {
+    "active": "The tasks each worker runs now (id, task, queue, arguments, running for).",
+    "scheduled": "The tasks each worker holds for later (aioqueue keeps delayed tasks in "
+                 "Redis: see aioqueue queues).",
+    "reserved": "The tasks each worker took and has not started (aioqueue takes only what "
+                "it starts).",
+    "registered": "The task names each worker knows.",
+    "stats": "Each worker's description of itself: pid, queues, concurrency, processed...",
+    "revoked": "The revoked task ids each worker knows.",
+}
+
+
+def _inspect_command(what: str) -> None:
+    def command(ctx: typer.Context, target: TargetArg = None, app_opt: AppOpt = None,
+                destination: DestinationOpt = None, timeout: TimeoutOpt = None,
+                broker: BrokerOpt = None, prefix: PrefixOpt = None,
+                as_json: JsonOpt = False) -> None:
+        _inspect(ctx, what, target, app_opt, destination, timeout, broker, prefix, as_json)
+
+    command.__doc__ = _INSPECT_HELP[what] + " Exit code 1 when no worker answers."
+    command.__name__ = f"inspect_{what}"
+    inspect_cli.command(what)(command)
+
+
+for _what in _INSPECT_HELP:
+    _inspect_command(_what)
+
+
+# -- control -----------------------------------------------------------------------------------
+WordsArg = Annotated[list[str] | None, typer.Argument(show_default=False)]
+
+
+def _control(ctx: typer.Context, app: AioQueue, op: str, destination: str | None,
+             timeout: float | None, as_json: bool, *, confirm: str | None = None,
+             answered_or_fail: bool = True, **arguments: Any) -> None:
+    async def work(monitor: Monitor) -> dict[str, Any] | None:
+        if confirm is not None:
+            live = [w.name for w in await monitor.workers()
+                    if destination is None or w.name == destination]
+            if not live:
+                return {}
+            who = ", ".join(live)
+            if not typer.confirm(confirm.format(n=len(live), who=who), err=as_json):
+                return None
+        return await monitor.control(op, destination=destination, timeout_s=timeout,
+                                     **arguments)
+
+    answers = _operate(app, work)
+    if answers is None:
+        typer.echo("nothing sent", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        _print_json(answers)
+    else:
+        for worker_name, answer in answers.items():
+            typer.echo(f"{worker_name}: {answer}")
+    if not answers:
+        if answered_or_fail:
+            _no_answer(destination)
+        typer.echo("no worker answered", err=True)
+
+
+@control_cli.command("ping")
+def control_ping(ctx: typer.Context, target: TargetArg = None, app_opt: AppOpt = None,
+                 destination: DestinationOpt = None, timeout: TimeoutOpt = None,
+                 broker: BrokerOpt = None, prefix: PrefixOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """Ask every worker (or one) to answer pong. Exit code 1 when none answers."""
+    app = _ops_app(ctx, target, app_opt, broker, prefix)
+    _control(ctx, app, "ping", destination, timeout, as_json)
+
+
+@control_cli.command("shutdown")
+def control_shutdown(ctx: typer.Context, target: TargetArg = None, app_opt: AppOpt = None,
+                     destination: DestinationOpt = None, timeout: TimeoutOpt = None,
+                     broker: BrokerOpt = None, prefix: PrefixOpt = None,
+                     yes: YesOpt = False, as_json: JsonOpt = False) -> None:
+    """Shut down every worker (or one) gracefully, after asking (unless --yes)."""
+    app = _ops_app(ctx, target, app_opt, broker, prefix)
+    _control(ctx, app, "shutdown", destination, timeout, as_json,
+             confirm=None if yes else "Shut down {n} worker(s) ({who})?")
+
+
+@control_cli.command("rate-limit")
+def control_rate_limit(ctx: typer.Context,
+                       words: Annotated[list[str] | None, typer.Argument(
+                           metavar="[APP] TASK RATE", show_default=False,
+                           help="The task's name and its rate, for example 10/s, 100/m, "
+                                "1000/h (the app first unless -A or --broker).")] = None,
+                       app_opt: AppOpt = None, destination: DestinationOpt = None,
+                       timeout: TimeoutOpt = None, broker: BrokerOpt = None,
+                       prefix: PrefixOpt = None, as_json: JsonOpt = False) -> None:
+    """Set a task's rate limit on every worker (or one), for example: rate-limit tasks.add 10/s."""
+    target, (task, rate) = _split_app(ctx, words, bool(app_opt or broker), ("TASK", "RATE"))
+    if not re.fullmatch(r"\d+(\.\d+)?(/[smh])?", rate):
+        _fail(f"rate {rate!r}: use a number of tasks per second, minute or hour, for example "
+              "10/s, 100/m or 1000/h")
+    app = _ops_app(ctx, target, app_opt, broker, prefix)
+    _control(ctx, app, "rate_limit", destination, timeout, as_json, task=task, rate=rate)
+
+
+@control_cli.command("cancel")
+def control_cancel(ctx: typer.Context,
+                   words: Annotated[list[str] | None, typer.Argument(
+                       metavar="[APP] TASK_ID", show_default=False,
+                       help="The task's id (the app first unless -A or --broker).")] = None,
+                   app_opt: AppOpt = None, destination: DestinationOpt = None,
+                   timeout: TimeoutOpt = None, broker: BrokerOpt = None,
+                   prefix: PrefixOpt = None, as_json: JsonOpt = False) -> None:
+    """Revoke a task and stop it where it runs (recorded, so a worker that takes it later
+    does not run it either)."""
+    target, (task_id,) = _split_app(ctx, words, bool(app_opt or broker), ("TASK_ID",))
+    app = _ops_app(ctx, target, app_opt, broker, prefix)
+    _control(ctx, app, "cancel", destination, timeout, as_json, answered_or_fail=False,
+             task_id=task_id)
+    if not as_json:
+        typer.echo(f"revoked {task_id}")
+
+
+# -- queues ------------------------------------------------------------------------------------
+@cli.command("queues")
+def queues_command(ctx: typer.Context, target: TargetArg = None, app_opt: AppOpt = None,
+           queue_opt: QueuesOpt = None, broker: BrokerOpt = None, prefix: PrefixOpt = None,
+           as_json: JsonOpt = False) -> None:
+    """Per queue: messages waiting, running, delayed and dead, and how long the oldest
+    waiting one has waited."""
+    app = _ops_app(ctx, target, app_opt, broker, prefix)
+    names = _queue_names(queue_opt)
+    details = _operate(app, lambda monitor: monitor.queues(names or None))
+    now = time.time()
+    if as_json:
+        _print_json([_queue_doc(q, now) for q in details])
+        return
+    _console().print(_table(
+        None, ["queue", "waiting", "running", "delayed", "dead", "oldest waiting"],
+        [[q.name, q.waiting, q.running, q.delayed, q.dead,
+          None if q.oldest_waiting_at is None else age(now - q.oldest_waiting_at)]
+         for q in details],
+        right=("waiting", "running", "delayed", "dead", "oldest waiting")))
+
+
+# -- result ------------------------------------------------------------------------------------
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, RemoteTaskError):
+        return str(exc)  # "module.Type: message"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _timings(events: list[tuple[str, Event]], task_id: str, now: float
+             ) -> dict[str, float] | None:
+    """Wait and run times of ``task_id`` from its newest events, if any were recorded."""
+    final = started = sent = None
+    for _, event in reversed(events):
+        if event.task_id != task_id:
+            continue
+        if event.type in _FINAL_EVENTS:
+            final = final or event
+        elif event.type == EventType.STARTED:
+            started = started or event
+        elif event.type == EventType.SENT:
+            sent = sent or event
+    source = final or started
+    if source is None:
+        return None
+    out: dict[str, float] = {}
+    sent_at = source.sent_at if source.sent_at is not None else (
+        None if sent is None else sent.timestamp)
+    began = source.started_at
+    if began is None and started is not None:
+        began = started.started_at or started.timestamp
+    if sent_at is not None and began is not None:
+        out["wait_s"] = round(max(0.0, began - sent_at), 6)
+    if final is not None and final.runtime is not None:
+        out["run_s"] = round(final.runtime, 6)
+    elif final is None and began is not None:
+        out["running_for_s"] = round(max(0.0, now - began), 6)
+    return out or None
+
+
+@cli.command("result")
+def result_command(ctx: typer.Context,
+           words: Annotated[list[str] | None, typer.Argument(
+               metavar="[APP] TASK_ID", show_default=False,
+               help="The task's id (the app first unless -A or --broker).")] = None,
+           app_opt: AppOpt = None, broker: BrokerOpt = None, prefix: PrefixOpt = None,
+           as_json: JsonOpt = False) -> None:
+    """Show a task's state, result or error with its traceback, when it finished, its
+    retries and worker; with task events, also how long it waited and ran."""
+    target, (task_id,) = _split_app(ctx, words, bool(app_opt or broker), ("TASK_ID",))
+    app = _ops_app(ctx, target, app_opt, broker, prefix)
+
+    async def work(monitor: Monitor) -> tuple[ResultInfo, list[tuple[str, Event]]]:
+        return await monitor.task(task_id), await monitor.recent_events(RESULT_EVENTS_SCAN)
+
+    info, events = _operate(app, work)
+    now = time.time()
+    timings = _timings(events, task_id, now)
+    failed = isinstance(info.result, BaseException)
+    error = _error_text(info.result) if failed else None
+    value = None if failed else _jsonable(info.result)
+    if as_json:
+        _print_json({
+            "id": info.id, "task": info.task, "state": str(info.state), "result": value,
+            "error": error, "traceback": info.traceback,
+            "date_done": None if info.date_done is None else info.date_done.isoformat(),
+            "retries": info.retries, "worker": info.worker, "timings": timings})
+        return
+    lines = [f"id:        {info.id}", f"task:      {info.task or '-'}",
+             f"state:     {info.state}"
+             + (" (unknown id, or not run yet)" if info.state is State.PENDING else "")]
+    if failed:
+        lines.append(f"error:     {error}")
+    elif info.state is not State.PENDING:
+        lines.append(f"result:    {json.dumps(value, ensure_ascii=False)}")
+    if info.date_done is not None:
+        lines.append(f"date done: {info.date_done.isoformat()}")
+    lines += [f"retries:   {info.retries}", f"worker:    {info.worker or '-'}"]
+    for key, label in (("wait_s", "waited:    "), ("run_s", "ran:       "),
+                       ("running_for_s", "running:   ")):
+        if timings is not None and key in timings:
+            lines.append(label + _seconds(timings[key]))
+    typer.echo("\n".join(lines))
+    if info.traceback:
+        typer.echo("traceback:\n" + info.traceback.rstrip())
+
+
+# -- purge -------------------------------------------------------------------------------------
+@cli.command("purge")
+def purge_command(ctx: typer.Context, target: TargetArg = None, app_opt: AppOpt = None,
+          queue_opt: QueuesOpt = None, yes: YesOpt = False, broker: BrokerOpt = None,
+          prefix: PrefixOpt = None, as_json: JsonOpt = False) -> None:
+    """Delete the waiting and delayed messages of queues (every known queue by default),
+    asking first for each queue unless --yes. Running tasks and dead letters stay."""
+    app = _ops_app(ctx, target, app_opt, broker, prefix)
+    names = _queue_names(queue_opt)
+
+    async def work(monitor: Monitor) -> tuple[dict[str, int], list[str]]:
+        purged: dict[str, int] = {}
+        kept: list[str] = []
+        for queue in await monitor.queues(names or None):
+            count = queue.waiting + queue.delayed
+            if count == 0:
+                if not as_json:
+                    typer.echo(f"queue {queue.name}: nothing to purge")
+                purged[queue.name] = 0
+                continue
+            if not yes and not typer.confirm(
+                    f"Delete {count} waiting and delayed messages from queue {queue.name}?",
+                    err=as_json):
+                kept.append(queue.name)
+                if not as_json:
+                    typer.echo(f"queue {queue.name}: kept")
+                continue
+            purged[queue.name] = await monitor.purge(queue.name, who="cli")
+            if not as_json:
+                typer.echo(f"queue {queue.name}: deleted {purged[queue.name]} message(s)")
+        return purged, kept
+
+    purged, kept = _operate(app, work)
+    if as_json:
+        _print_json({"purged": purged, "kept": kept})
+
+
+# -- events ------------------------------------------------------------------------------------
+def _clock(timestamp: float, *, date: bool = True) -> str:
+    when = datetime.fromtimestamp(timestamp)
+    return when.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if date else when.strftime("%H:%M:%S")
+
+
+def _event_subject(event: Event) -> str:
+    if event.task_id is not None:
+        return f"{event.name or '?'}[{event.task_id}]"
+    return event.worker or "-"
+
+
+def _event_details(event: Event) -> list[str]:
+    """``key=value`` words of what an event says beyond its type and subject."""
+    parts: list[str] = []
+    info = event.info or {}
+    if event.task_id is None:  # a worker event
+        for key in ("queues", "concurrency", "running", "processed"):
+            if key in info:
+                value = info[key]
+                shown = ",".join(map(str, value)) if isinstance(value, list) else value
+                parts.append(f"{key}={shown}")
+        return parts
+    if event.worker:
+        parts.append(f"worker={event.worker}")
+    if event.type == EventType.SENT and event.queue:
+        parts.append(f"queue={event.queue}")
+    if event.type in (EventType.SENT, EventType.STARTED):
+        parts += [f"args={event.args}", f"kwargs={event.kwargs}"]
+    if event.runtime is not None:
+        parts.append(f"runtime={event.runtime:.4f}s")
+    if event.result is not None:
+        parts.append(f"result={event.result}")
+    if event.exception is not None:
+        parts.append(f"exception={event.exception}")
+    if event.retries:
+        parts.append(f"retries={event.retries}")
+    if "reason" in info:
+        parts.append(f"reason={info['reason']}")
+    return parts
+
+
+def event_line(event: Event) -> str:
+    """One event as ``aioqueue events --dump`` prints it."""
+    return " ".join([_clock(event.timestamp), event.type, _event_subject(event),
+                     *_event_details(event)])
+
+
+def _event_doc(stream_id: str, event: Event) -> dict[str, Any]:
+    fields = msgspec.structs.asdict(event)
+    fields.pop("payload", None)
+    return {"stream_id": stream_id, **{k: v for k, v in fields.items() if v is not None}}
+
+
+class EventsView:
+    """What ``aioqueue events`` shows live: tasks finished per second over the last minute,
+    per-task counts by state, and the latest events."""
+
+    LATEST = 15
+    WINDOW_S = 60
+    _BARS = " ▁▂▃▄▅▆▇█"
+
+    def __init__(self, since: float) -> None:
+        #: Events older than this are listed but not counted.
+        self.since = since
+        self.per_second: Counter[int] = Counter()
+        self.by_task: dict[str, Counter[str]] = {}
+        self.latest: deque[Event] = deque(maxlen=self.LATEST)
+        self.seen = 0
+
+    def add(self, event: Event) -> None:
+        self.latest.append(event)
+        self.seen += 1
+        if event.task_id is None or event.timestamp < self.since:
+            return
+        state = STATE_OF.get(event.type, event.type)
+        self.by_task.setdefault(event.name or "?", Counter())[state] += 1
+        if event.type in (EventType.SUCCEEDED, EventType.FAILED):
+            self.per_second[int(event.timestamp)] += 1
+
+    def render(self, now: float) -> RenderableType:
+        from rich.console import Group
+        from rich.text import Text
+
+        last = int(now) - 1  # the last whole second
+        for second in [s for s in self.per_second if s <= last - self.WINDOW_S]:
+            del self.per_second[second]
+        counts = [self.per_second.get(s, 0) for s in range(last - self.WINDOW_S + 1, last + 1)]
+        peak = max(counts)
+        bars = "".join(self._BARS[0 if peak == 0 else -(-8 * n // peak)] for n in counts)
+        throughput = Text(
+            f"tasks finished per second, last {self.WINDOW_S} s: now {counts[-1]}/s, "
+            f"average {sum(counts) / self.WINDOW_S:.2f}/s, peak {peak}/s\n|{bars}|")
+        states = [s for s in STATE_OF.values()
+                  if any(s in counter for counter in self.by_task.values())]
+        per_task = _table(
+            f"per task, since {_clock(self.since, date=False)}", ["task", *states, "total"],
+            [[name, *(counter.get(s, 0) for s in states), sum(counter.values())]
+             for name, counter in sorted(self.by_task.items())],
+            right=(*states, "total"))
+        latest = _table(
+            f"latest events ({self.seen} seen)", ["time", "event", "task / worker", "details"],
+            [[_clock(e.timestamp, date=False), e.type, _event_subject(e),
+              " ".join(_event_details(e))] for e in reversed(self.latest)])
+        if not self.by_task:
+            per_task = Text("no task events in the last minute (workers record them with -E, "
+                            "or the worker_send_task_events setting)")
+        return Group(throughput, per_task, latest)
+
+
+async def _follow(monitor: Monitor, backlog: int, duration: float | None,
+                  on_event: Callable[[str, Event], None]) -> None:
+    with anyio.move_on_after(duration):
+        async for stream_id, event in monitor.tail(backlog=backlog, block_s=0.5):
+            on_event(stream_id, event)
+
+
+@cli.command("events")
+def events_command(ctx: typer.Context, target: TargetArg = None, app_opt: AppOpt = None,
+           dump: Annotated[bool, typer.Option(
+               "--dump", help="Print each event as a line instead of the live view.")] = False,
+           as_json: Annotated[bool, typer.Option(
+               "--json", help="Print each event as one JSON object per line.")] = False,
+           duration: Annotated[float | None, typer.Option(
+               "--duration", min=0.0, metavar="SECONDS", show_default=False,
+               help="Stop after this many seconds (default: until Ctrl-C).")] = None,
+           backlog: Annotated[int, typer.Option(
+               "--backlog", min=0, help="Also show this many events from before the start "
+                                        "(the live view always counts the last minute).")] = 0,
+           broker: BrokerOpt = None, prefix: PrefixOpt = None) -> None:
+    """Follow task and worker events (workers record task events with -E): a live view of
+    throughput, per-task counts and the latest events, or --dump / --json lines."""
+    app = _ops_app(ctx, target, app_opt, broker, prefix)
+    try:
+        if as_json or dump:
+            def line(stream_id: str, event: Event) -> None:
+                typer.echo(json.dumps(_event_doc(stream_id, event), default=repr,
+                                      ensure_ascii=False) if as_json else event_line(event))
+
+            _operate(app, lambda monitor: _follow(monitor, backlog, duration, line))
+        else:
+            _operate(app, lambda monitor: _live_events(monitor, backlog, duration))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _live_events(monitor: Monitor, backlog: int, duration: float | None) -> None:
+    from rich.live import Live
+
+    started = time.time()
+    view = EventsView(since=started - EventsView.WINDOW_S)
+    # The last minute's events too, so the counts mean something from the first frame.
+    primed = [e for _, e in await monitor.recent_events(max(backlog, 2000))]
+    recent = [e for e in primed if e.timestamp >= view.since]
+    for event in primed[-backlog:] if backlog else []:
+        if event.timestamp < view.since:
+            view.latest.append(event)
+    for event in recent:
+        view.add(event)
+    with Live(view.render(time.time()), console=_console(), auto_refresh=False,
+              redirect_stdout=False, redirect_stderr=False) as live:
+
+        async def redraw() -> None:
+            while True:
+                await anyio.sleep(0.5)
+                live.update(view.render(time.time()), refresh=True)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(redraw)
+            await _follow(monitor, 0, duration, lambda _, event: view.add(event))
+            tg.cancel_scope.cancel()
+        live.update(view.render(time.time()), refresh=True)
+
+
+# -- dashboard ---------------------------------------------------------------------------------
+@cli.command("dashboard")
+def dashboard_command(
+    ctx: typer.Context, target: TargetArg = None, app_opt: AppOpt = None,
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to listen on; beyond loopback only with authentication.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535,
+                                      help="Port to listen on (0: any free one).")] = 5555,
+    read_only: Annotated[bool, typer.Option(
+        "--read-only", help="Show, never act (no purge, retry, revoke, shutdown).")] = False,
+    user: Annotated[str | None, typer.Option(
+        "--user", metavar="USER", show_default=False,
+        help="Basic authentication: the user name (with --password).")] = None,
+    password: Annotated[str | None, typer.Option(
+        "--password", metavar="PASSWORD", show_default=False,
+        envvar="AIOQUEUE_DASHBOARD_PASSWORD",
+        help="Basic authentication: the password (better from the environment).")] = None,
+    basic_auth: Annotated[str | None, typer.Option(
+        "--basic-auth", metavar="USER:PASSWORD", show_default=False,
+        envvar="AIOQUEUE_DASHBOARD_BASIC_AUTH",
+        help="Basic authentication in one option (as Flower's), instead of --user and "
+             "--password.")] = None,
+    token: Annotated[str | None, typer.Option(
+        "--token", metavar="TOKEN", show_default=False, envvar="AIOQUEUE_DASHBOARD_TOKEN",
+        help="Bearer-token authentication instead of a user and password.")] = None,
+    broker: BrokerOpt = None, prefix: PrefixOpt = None,
+) -> None:
+    """Serve the web dashboard: workers, queues, events, charts and actions."""
+    if basic_auth is not None:
+        if user is not None or password is not None:
+            _fail("pass --basic-auth or --user and --password, not both")
+        user, sep, password = basic_auth.partition(":")
+        if not (sep and user and password):
+            _fail("--basic-auth takes USER:PASSWORD")
+    if (user is None) != (password is None):
+        _fail("--user and --password go together")
+    if token is not None and user is not None:
+        _fail("pass --user and --password, or --token, not both")
+    app = _ops_app(ctx, target, app_opt, broker, prefix)
+    try:
+        module = importlib.import_module("aioqueue.dashboard")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("aioqueue.dashboard", None):
+            _fail("this aioqueue has no dashboard (aioqueue.dashboard is missing)")
+        _fail(f"the dashboard needs {exc.name}: pip install 'aioqueue[dashboard]'")
+    serve = module.serve
 
     async def run() -> None:
         try:
-            sizes = await app.broker.queue_sizes(names)
+            await serve(app, host=host, port=port, read_only=read_only, username=user,
+                        password=password, token=token)
         finally:
             await app.close()
-        for name, (ready, delayed, dead) in sizes.items():
-            typer.echo(f"{name}: ready={ready} delayed={delayed} dead={dead}")
 
-    _run(run)
+    try:
+        _run(run)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:  # the port is taken, the address is not this machine's
+        typer.echo(f"Error: cannot serve the dashboard on {host}:{port}: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def main() -> None:

@@ -81,6 +81,9 @@ class TaskMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     #: Per-call max_retries override.
     max_retries: int | None = None
     v: int = WIRE_VERSION
+    #: Carried from the producer to the run (W3C trace context, see ``aioqueue.contrib.otel``);
+    #: omitted from the wire when None.
+    headers: dict[str, str] | None = None
 
 
 class ResultRecord(msgspec.Struct, frozen=True, omit_defaults=True):

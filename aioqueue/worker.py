@@ -64,6 +64,7 @@ from .monitor import WorkerInfo, encode_worker_info
 
 if TYPE_CHECKING:
     from .app import AioQueue
+    from .metrics import WorkerMetrics
 
 __all__ = ("Worker",)
 
@@ -161,6 +162,7 @@ class Worker:
         max_tasks: int | None = None,
         retry_on_startup: bool = False,
         events: bool | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}")
@@ -176,8 +178,13 @@ class Worker:
         self.max_tasks = max_tasks
         #: Record task events (``-E``; default: the ``worker_send_task_events`` setting).
         self.events = app.conf.worker_send_task_events if events is None else events
+        #: Serve Prometheus metrics on 127.0.0.1:PORT/metrics while running (aioqueue.metrics).
+        self.metrics_port = metrics_port
+        self.metrics: WorkerMetrics | None = None
         self.started_at = time.time()
         self._registrations = 0
+        #: Task ids this worker cancelled on a revoke with terminate (the last minute).
+        self._terminated: dict[str, float] = {}
         #: Keep retrying, with a log line per attempt, while the broker is unreachable at
         #: start-up (``broker_connection_retry_on_startup``; the CLI's default).
         self.retry_on_startup = retry_on_startup
@@ -250,6 +257,16 @@ class Worker:
     # -- main ------------------------------------------------------------------------------
     async def run(self) -> None:
         """Run until stopped (or, in burst mode, until the queues are drained)."""
+        if self.metrics_port is None:
+            await self._run()
+            return
+        from .metrics import serve_worker_metrics  # prometheus_client: an optional extra
+
+        # Served from before connecting: a scrape then says the process lives, not consuming.
+        async with serve_worker_metrics(self, self.metrics_port):
+            await self._run()
+
+    async def _run(self) -> None:
         # Bound here, on the loop that runs the worker (the app makes one broker per loop).
         self.broker = self.app.broker
         self.runner = TaskRunner(self.app, self.broker, self.name, self._thread_limiter,
@@ -564,6 +581,8 @@ class Worker:
             raise
         if self.events:
             outcome.events = self._task_events(running, outcome)
+        if self.metrics is not None:
+            self.metrics.finished(running, outcome)
         self._add_outcome(outcome)
         self._release(running)
 
@@ -909,6 +928,8 @@ class Worker:
                 for running in self.running.values():
                     if running.task_id == message.task_id:
                         running.cancel("revoked")
+                        # For a "cancel" request, which follows its revoke on the channel.
+                        self._terminated[message.task_id] = time.monotonic()
         elif message.op == "shutdown":
             self.stop()
         return message
@@ -934,9 +955,14 @@ class Worker:
         if op == "shutdown":
             return "shutting down"
         if op == "cancel":
-            return f"cancelling {arguments.get('task_id')}" if any(
-                r.task_id == arguments.get("task_id") for r in self.running.values()
-            ) else "not running here"
+            task_id = str(arguments.get("task_id"))
+            now = time.monotonic()
+            self._terminated = {t: at for t, at in self._terminated.items() if now - at < 60}
+            if task_id in self._terminated:
+                return f"cancelled {task_id}"
+            if any(r.task_id == task_id for r in self.running.values()):
+                return f"cancelling {task_id}"
+            return "not running here"
         if op == "rate_limit":
             task = self.app.tasks.get(str(arguments.get("task")))
             if task is None:

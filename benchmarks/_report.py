@@ -62,7 +62,7 @@ class Results:
     def ratio(self, m: Metric) -> tuple[float | None, bool]:
         """aioqueue / best peer for one row, and whether the fallback row was used."""
         home = self.median(HOME, m.key)
-        peers = [lib for lib in self.libs if lib != HOME]
+        peers = [lib for lib in self.libs if not lib.startswith(HOME)]  # not aioqueue -E
         peer_key, fallback = m.key, False
         if not any(self.median(p, m.key) is not None for p in peers) and m.key in RATIO_FALLBACK:
             peer_key, fallback = RATIO_FALLBACK[m.key], True

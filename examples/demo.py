@@ -124,6 +124,18 @@ def wait_for_http(proc: subprocess.Popen[bytes], base_url: str, log_path: Path) 
     raise DemoError(f"the API at {base_url} did not answer in {STARTUP_TIMEOUT_S:g}s")
 
 
+def wait_for_dashboard(proc: subprocess.Popen[bytes], url: str) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DemoError(f"the dashboard exited with code {proc.returncode}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}api/overview", timeout=2.0).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise DemoError(f"the dashboard at {url} did not answer in {STARTUP_TIMEOUT_S:g}s")
+
+
 # -- HTTP traffic -----------------------------------------------------------------------------
 async def call_add(client: httpx.AsyncClient) -> None:
     console.rule("[bold]1. POST /add: the handler enqueues and awaits the result")
@@ -318,9 +330,19 @@ def run(logdir: Path) -> None:
         worker_log = logdir / "worker.log"
         worker_out = stack.enter_context(worker_log.open("wb"))
         worker = spawn("worker", [sys.executable, "-m", "aioqueue", "worker", "tasks:app",
-                                  "-c", "100", "-l", "info"], env, worker_out, stack)
+                                  "-c", "100", "-E", "-l", "info"], env, worker_out, stack)
         wait_for_log(worker, worker_log, "consuming", "the worker")
-        console.print(f"worker         pid {worker.pid} (aioqueue worker tasks:app -c 100)")
+        console.print(f"worker         pid {worker.pid} (aioqueue worker tasks:app -c 100 -E)")
+
+        # The dashboard, on loopback: open it while the demo runs.
+        dashboard_port = free_port()
+        dashboard_url = f"http://127.0.0.1:{dashboard_port}/"
+        dashboard_out = stack.enter_context((logdir / "dashboard.log").open("wb"))
+        dashboard = spawn("dashboard", [sys.executable, "-m", "aioqueue", "dashboard",
+                                        "tasks:app", "--port", str(dashboard_port)],
+                          env, dashboard_out, stack)
+        wait_for_dashboard(dashboard, dashboard_url)
+        console.print(f"dashboard      [bold]{dashboard_url}[/] (aioqueue dashboard tasks:app)")
 
         api_log = logdir / "api.log"
         api_out = stack.enter_context(api_log.open("wb"))
@@ -336,6 +358,11 @@ def run(logdir: Path) -> None:
         asyncio.run(from_script(redis.url))
         cli_call(env)
         periodic(env, logdir, stack)
+
+        seen = httpx.get(f"{dashboard_url}api/overview", timeout=5.0).json()
+        console.print(f"the dashboard saw {len(seen['workers'])} worker(s) and these "
+                      f"queues: {', '.join(q['name'] for q in seen['queues'])}")
+        stop("dashboard", dashboard)
 
         console.rule("[bold]6. Stopping (SIGTERM: graceful)")
         api_code = stop("api", api)

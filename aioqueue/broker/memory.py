@@ -126,6 +126,7 @@ class MemoryBroker:
     async def enqueue(self, items: Sequence[Enqueue]) -> None:
         for item in items:
             self._add(item)
+            self._declared.add(item.queue)
         self._notify()
 
     async def ensure_queues(self, queues: Sequence[str]) -> None:

@@ -159,6 +159,8 @@ class RedisBroker:
         self._hot = RespConnection(**self.target.resp_options())
         self._fetch = _Blocking(self.target, max_block_s)
         self._replies = _Blocking(self.target, max_block_s)
+        #: Queues already added to the known-queues set by this broker.
+        self._announced: set[str] = set()
         #: A blocking connection for tailing a log (monitors only), made on first use.
         self._log_reader: _Blocking | None = None
         # Pub/sub only; typed as Any because redis-py's stubs type replies as bytes | str.
@@ -276,6 +278,8 @@ class RedisBroker:
 
     async def enqueue(self, items: Sequence[Enqueue]) -> None:
         hot = self._hot
+        if items and items[0].queue not in self._announced:
+            await self._announce_queues({item.queue for item in items})
         if len(items) == 1:
             command = self._add_command(items[0])
             try:
@@ -287,6 +291,14 @@ class RedisBroker:
         commands = [self._add_command(item) for item in items]
         # One write out, one read back.
         await self._call(lambda: hot.execute_many(commands), what="a batch of XADD")
+
+    async def _announce_queues(self, queues: set[str]) -> None:
+        """Add queues to the known-queues set once per broker, so monitors list a queue
+        that producers send to before any worker serves it."""
+        new = queues - self._announced
+        if new:
+            await self._run("SADD", self.keys.queues, *sorted(new))
+            self._announced |= new
 
     # -- consuming -------------------------------------------------------------------------
     async def ensure_queues(self, queues: Sequence[str]) -> None:
@@ -305,7 +317,7 @@ class RedisBroker:
                         raise
 
             await self._call(create, what="XGROUP CREATE")
-            await self._run("SADD", self.keys.queues, queue)  # for monitors: known queues
+            await self._announce_queues({queue})  # for monitors: known queues
             self._known_groups.add(stream)
 
     async def _blocking_read(self, *command: Any) -> Any:

@@ -13,6 +13,8 @@ from benchmarks.peers.base import Peer
 # name -> "module:Class"; the order is the column order of the results table.
 ADAPTERS: dict[str, str] = {
     "aioqueue": "benchmarks.peers.aioqueue_peer:AioqueuePeer",
+    # The same with task events on (`aioqueue worker -E`): the events' cost, side by side.
+    "aioqueue -E": "benchmarks.peers.aioqueue_peer:AioqueueEventsPeer",
     "arq": "benchmarks.peers.arq_peer:ArqPeer",
     "saq": "benchmarks.peers.saq_peer:SaqPeer",
     "taskiq": "benchmarks.peers.taskiq_peer:TaskiqPeer",

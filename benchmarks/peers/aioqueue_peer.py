@@ -50,3 +50,13 @@ class AioqueuePeer(Peer):
 
     async def run_sleepy(self, n: int, timeout: float) -> None:
         await self._run_all(self.tasks.sleepy, n, timeout)
+
+
+class AioqueueEventsPeer(AioqueuePeer):
+    """aioqueue with task events recorded (``-E``): what monitoring costs."""
+
+    name = "aioqueue -E"
+
+    def worker_cmd(self, concurrency: int | None) -> tuple[list[str], dict[str, str]]:
+        cmd, env = super().worker_cmd(concurrency)
+        return [*cmd, "-E"], env
