@@ -15,12 +15,10 @@ import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 import typer
@@ -29,6 +27,7 @@ from typer.testing import CliRunner, Result
 import aioqueue
 from aioqueue import AioQueue
 from aioqueue.cli import cli
+from tests.cli_worker import Lines
 
 PROJECTS = Path(__file__).parent / "cli_projects"
 
@@ -52,41 +51,6 @@ def start_cli(args: list[str], env: dict[str, str], cwd: Path = PROJECTS
     return subprocess.Popen([sys.executable, "-m", "aioqueue", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-
-
-class Lines:
-    """A pipe's lines, collected in a thread, so a test waits for a line instead of sleeping."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.lines: list[str] = []
-        self._seen = 0
-        self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-
-    def wait_for(self, needle: str, timeout: float = 20) -> str:
-        """The next line (after the last one returned) containing ``needle``."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for index in range(self._seen, len(self.lines)):
-                    if needle in self.lines[index]:
-                        self._seen = index + 1
-                        return self.lines[index]
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"{needle!r} not seen; got {''.join(self.lines)}")
-                self._changed.wait(remaining)
-
-    def join(self) -> str:
-        self._thread.join(timeout=10)
-        return "".join(self.lines)
 
 
 @pytest.fixture

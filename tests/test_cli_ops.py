@@ -17,13 +17,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import anyio
 import pytest
@@ -33,6 +32,7 @@ from aioqueue import AioQueue
 from aioqueue.cli import age, cli
 from aioqueue.monitor import Monitor
 from aioqueue.testing import free_port
+from tests.cli_worker import Lines
 
 PROJECTS = Path(__file__).parent / "cli_projects"
 
@@ -280,38 +280,6 @@ async def test_events_dump_prints_the_tasks_run_meanwhile(app: AioQueue, redis_u
 
 
 # -- the worker: -E, --log-format json, --metrics-port -----------------------------------------
-class Lines:
-    """A pipe's lines, read in a thread, so a test waits for a line rather than sleeping."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-
-    def wait_for(self, needle: str, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    if needle in line:
-                        return line
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"{needle!r} not seen; got {''.join(self.lines)}")
-                self._changed.wait(remaining)
-
-    def join(self) -> list[str]:
-        self._thread.join(timeout=10)
-        return self.lines
-
-
 @pytest.fixture
 def started() -> Iterator[list[subprocess.Popen[str]]]:
     """Processes a test starts; whatever still runs at the end is killed."""
@@ -367,10 +335,11 @@ async def test_worker_with_events_json_logs_and_metrics(
         assert succeeded == {h.id for h in handles}
     finally:
         await client.close()
-    [banner] = [json.loads(line) for line in out.join()]
+    [banner] = [json.loads(line) for line in out.join().splitlines()]
     assert (banner["message"], banner["task_events"], banner["metrics_port"]) == (
         "aioqueue worker starting", True, port)
-    records = [json.loads(line) for line in log.join()]  # every line is one JSON object
+    # Every line is one JSON object.
+    records = [json.loads(line) for line in log.join().splitlines()]
     for record in records:
         assert {"timestamp", "level", "logger", "message"} <= record.keys()
     done = [r for r in records if " succeeded in " in r["message"]]
