@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from ._keys import Keys
-from ._sync import SyncResult, in_async_context, portal
+from ._sync import PendingSend, SyncResult, in_async_context, portal
 from ._time import to_epoch, when_to_epoch
 from .broker import Broker, Enqueue, create_broker, redact_url
 from .config import Settings
@@ -326,6 +326,13 @@ class AioQueue:
         """
         connections = self._portal
         if connections is None:
+            if self.conf.broker_url.split("://", 1)[0].lower() == "memory":
+                # A memory:// broker lives in one event loop's objects: the portal's own
+                # would be another, empty store, and the task would silently never run.
+                raise ConfigurationError(
+                    "memory:// cannot be used from sync code (no event loop in this thread): "
+                    "the in-memory broker lives in one event loop. Call from async code "
+                    "(`await task.delay(...)`), or use a redis:// broker")
             broker = self._new_broker()
             reply_to = self._new_reply_to()
             connections = self._portal = _PortalConnections(
@@ -718,20 +725,33 @@ class AioQueue:
         except Exception as exc:
             log.warning("could not record task-sent events: %s", exc)
 
-    async def send_task(
+    def send_task(
         self,
         name: str,
         args: Iterable[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
-    ) -> AsyncResult[Any]:
+    ) -> SyncResult[Any]:
         """Enqueue a task by name, without importing it; options as ``apply_async``.
 
-        ``reply=False`` stores the result without pushing it to this process (for senders
-        that never await, like beat).
+        As :meth:`Task.delay`: ``await app.send_task(...)`` in async code gives the
+        :class:`~aioqueue.AsyncResult`; in sync code (Celery's habit) it sends at once and
+        returns a blocking :class:`~aioqueue.SyncResult`. ``reply=False`` stores the result
+        without pushing it to this process (for senders that never await, like beat).
         """
+        call_args, call_kwargs = tuple(args or ()), dict(kwargs or {})
+        what = f"app.send_task({name!r}, ...)"
+        if in_async_context():
+            return PendingSend(self._send_by_name(name, call_args, call_kwargs, **options),
+                               what)
+        handle = portal.call(
+            lambda: self._send_by_name(name, call_args, call_kwargs, **options), what)
+        return SyncResult(handle)
+
+    async def _send_by_name(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                            **options: Any) -> AsyncResult[Any]:
         here = self._portal_here()
-        msg, item = self._build(name, tuple(args or ()), dict(kwargs or {}),
+        msg, item = self._build(name, args, kwargs,
                                 reply_key=None if here is None else here.reply_to, **options)
         return await self._enqueue_one(msg, item, name)
 

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aioqueue import AioQueue, AsyncResult, State, SyncResult, Task, signals
+from aioqueue import AioQueue, AsyncResult, ConfigurationError, State, SyncResult, Task, signals
 from aioqueue.testing import RedisServer, free_port
 from tests.conftest import TEST_SETTINGS
 
@@ -490,3 +490,30 @@ async def test_the_first_sync_call_gets_its_reply_pushed(app: AioQueue, raw: Any
     assert message.id == sent.id
     assert app._portal is not None and message.reply_to == app._portal.reply_to
     assert message.reply_to != app._reply_to  # the loop thread's list is another one
+
+
+async def test_send_task_by_name_works_from_sync_code_as_in_celery(app: AioQueue) -> None:
+    _register(app)
+
+    def view() -> int:
+        res = app.send_task("habits.add", args=(40, 2))  # Celery's spelling, no await
+        assert isinstance(res, SyncResult)
+        return int(res.get(timeout=10))
+
+    async with app.worker(concurrency=2):
+        assert await anyio.to_thread.run_sync(view) == 42
+        pending = app.send_task("habits.add", args=(1, 1))  # async code, no await
+        with pytest.raises(TypeError, match=r"await app\.send_task\('habits\.add', \.\.\.\)"):
+            pending.get(timeout=1)
+        assert await (await pending) == 2
+
+
+async def test_sync_callers_on_memory_broker_fail_loudly(memory_app: AioQueue) -> None:
+    add, _ = _register(memory_app)
+
+    def view() -> None:
+        add.delay(1, 2)
+
+    with pytest.raises(ConfigurationError, match=r"memory:// cannot be used from sync code.*"
+                                                 r"redis://"):
+        await anyio.to_thread.run_sync(view)

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -26,23 +24,12 @@ from aioqueue.dashboard._hub import QUEUE_SIZE, Subscriber
 from aioqueue.dashboard._server import is_loopback
 from aioqueue.monitor import Monitor
 from aioqueue.testing import free_port
+from tests.dashboard_server import eventually, served
 
 
 def client_for(app: Any, **headers: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash",
                              headers=headers)
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 10.0) -> Any:
-    """The first truthy value of ``check()``, polled until a deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s")
-        await asyncio.sleep(0.02)
 
 
 async def post(client: httpx.AsyncClient, action: str, body: dict[str, Any]) -> httpx.Response:
@@ -299,30 +286,6 @@ async def test_serve_refuses_a_non_loopback_host_without_auth(app: AioQueue) -> 
             await serve(app, host=host, port=free_port())
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert is_loopback("127.3.2.1") and not is_loopback("10.0.0.1")
-
-
-@contextlib.asynccontextmanager
-async def served(app: AioQueue, **options: Any) -> AsyncIterator[str]:
-    """``serve(app)`` on a free loopback port, until the block ends."""
-    port = free_port()
-    server = asyncio.create_task(serve(app, port=port, **options))
-    base = f"http://127.0.0.1:{port}/"
-    try:
-        async with httpx.AsyncClient() as client:
-            async def up() -> bool:
-                if server.done():
-                    server.result()  # raises what stopped it
-                try:
-                    return (await client.get(base + "api/config")).status_code in (200, 401)
-                except httpx.TransportError:
-                    return False
-
-            await eventually(up)
-        yield base
-    finally:
-        server.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await server
 
 
 async def test_the_stream_pushes_events_of_a_task_run_after_connecting(

@@ -6,20 +6,15 @@ Skipped only when Chromium or Playwright is missing or Chromium cannot start her
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-import httpx
 import pytest
 
 from aioqueue import AioQueue
-from aioqueue.dashboard import serve
-from aioqueue.testing import free_port
+from tests.dashboard_server import served
 
 CHROMIUM = "/usr/bin/chromium"
 #: Without the background-networking flags Chromium's connections are refused on a closed
@@ -48,38 +43,6 @@ async def browser() -> AsyncIterator[Any]:
             yield launched
         finally:
             await launched.close()
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := await check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s")
-        await asyncio.sleep(0.02)
-    return value
-
-
-@contextlib.asynccontextmanager
-async def served(app: AioQueue) -> AsyncIterator[str]:
-    port = free_port()
-    server = asyncio.create_task(serve(app, port=port))
-    base = f"http://127.0.0.1:{port}/"
-    try:
-        async with httpx.AsyncClient() as client:
-            async def up() -> bool:
-                if server.done():
-                    server.result()
-                try:
-                    return (await client.get(base + "api/config")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(up)
-        yield base
-    finally:
-        server.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await server
 
 
 async def test_the_page_follows_tasks_live_and_retries_a_failure(app: AioQueue,
