@@ -27,6 +27,8 @@ from .errors import TimeLimitExceeded as TimeLimitExceeded
 from .message import State as State
 from .result import AsyncResult as AsyncResult
 from .result import ResultInfo as ResultInfo
+from .routing import Queue as Queue
+from .routing import Route as Route
 from .schedules import Interval as Interval
 from .schedules import Schedule as Schedule
 from .schedules import crontab as crontab
@@ -48,10 +50,12 @@ __all__ = (
     "Interval",
     "MaxRetriesExceeded",
     "NotRegistered",
+    "Queue",
     "RemoteTaskError",
     "Request",
     "ResultInfo",
     "Retry",
+    "Route",
     "Schedule",
     "SerializationError",
     "Settings",

@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import fnmatch
 import importlib
 import json
 import os
-import re
 import sys
 import types
 import typing
@@ -40,6 +38,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .config import _CONTENT_TYPES, Settings
 from .errors import ConfigurationError
+from .routing import Route, Router, TaskRoutes, declared_queues
 
 __all__ = (
     "CELERY_NEW_NAMES",
@@ -226,8 +225,9 @@ _NO_EVENTS = (
     "`aioqueue dashboard`; switch them on with worker_send_task_events / `aioqueue worker -E`"
 )
 _AMQP = (
-    "AMQP exchanges, routing keys, priorities and queue types do not exist on Redis streams: "
-    "a task goes to its queue (task_routes, queue=) and queues are created on first use"
+    "AMQP exchanges, routing keys and queue types do not exist on Redis streams: a task goes "
+    "to its queue (task_routes, queue=), at the priority its route gives (0-9, 0 runs first), "
+    "and queues are created on first use"
 )
 _NO_POOL = (
     "no process pool: one event loop per process runs async tasks, sync tasks run in threads; "
@@ -308,10 +308,6 @@ _NOTICES: Final[dict[str, str]] = {
         "aioqueue has no rate limits; bound work with worker concurrency and queues"
     ),
     "worker_disable_rate_limits": "aioqueue has no rate limits",
-    "task_queues": (
-        "a worker consumes the queues given by -Q / app.worker(queues=...) (default "
-        "task_default_queue), not a list in the configuration; queues are created on first use"
-    ),
     "task_protocol": (
         "aioqueue has its own message format: Celery workers cannot run aioqueue's messages "
         "nor the reverse, so move a queue's producers and workers together"
@@ -436,6 +432,14 @@ def _task_routes(t: _Translation, value: Any, label: str) -> None:
         t.note(label, text)
 
 
+def _task_queues(t: _Translation, value: Any, label: str) -> None:
+    notices: list[str] = []
+    # The names are what a worker consumes without -Q, as a Celery worker does.
+    t.settings["task_queues"] = declared_queues(value, notices=notices)
+    for text in notices:
+        t.note(label, text)
+
+
 def _task_annotations(t: _Translation, value: Any, label: str) -> None:
     maps = list(value) if isinstance(value, list | tuple) else [value]
     cleaned: list[dict[str, dict[str, Any]]] = []
@@ -539,6 +543,7 @@ _Handler = Callable[[_Translation, Any, str], None]
 _HANDLERS: Final[dict[str, _Handler]] = {
     "result_expires": _result_expires,
     "task_routes": _task_routes,
+    "task_queues": _task_queues,
     "task_annotations": _task_annotations,
     "beat_schedule": _beat_schedule,
     "broker_transport_options": _transport_options,
@@ -836,103 +841,30 @@ def settings_from_object(
 
 
 # -- task_routes -----------------------------------------------------------------------------
-class TaskRoutes(dict[str, str]):
-    """Celery's ``task_routes`` with patterns: exact names (this dict), then globs and regexes.
+def normalise_routes(value: Any) -> tuple[Any, list[str]]:
+    """Celery's ``task_routes`` forms -> (what ``conf.task_routes`` holds, notices).
 
-    ``get(name)`` tries each routing map of the configuration in order -- its exact names,
-    then its patterns -- as Celery's ``MapRoute``s do; answers are cached per name.
-    """
+    Every form is checked by building a :class:`~aioqueue.routing.Router` (a bad dict route
+    raises ``ConfigurationError`` naming the task pattern and the value). What is kept:
 
-    def __init__(self, maps: list[tuple[dict[str, str], list[tuple[re.Pattern[str], str]]]]):
-        exact: dict[str, str] = {}
-        for names, _ in maps:
-            for name, queue in names.items():
-                exact.setdefault(name, queue)
-        super().__init__(exact)
-        self.maps = maps
-        self._cache: dict[str, str | None] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            found = self._cache[key]
-        except KeyError:
-            found = None
-            for names, patterns in self.maps:
-                found = names.get(key)
-                if found is None:
-                    found = next((q for rx, q in patterns if rx.match(key)), None)
-                if found is not None:
-                    break
-            if len(self._cache) < 100_000:
-                self._cache[key] = found
-        return default if found is None else found
-
-    def __repr__(self) -> str:
-        shown = [f"{rx.pattern!r}: {q!r}" for _, patterns in self.maps for rx, q in patterns]
-        return f"TaskRoutes({dict.__repr__(self)}, patterns={{{', '.join(shown)}}})"
-
-
-def _queue_of(name: Any, route: Any, notices: list[str]) -> str:
-    if isinstance(route, str):
-        return route
-    if isinstance(route, Mapping):
-        queue = route.get("queue")
-        extra = sorted(str(k) for k in route if k != "queue")
-        if extra:
-            notices.append(f"route for {name!r}: only 'queue' is used ({', '.join(extra)}: "
-                           "no meaning on Redis streams)")
-        queue = getattr(queue, "name", queue)  # a kombu Queue
-        if isinstance(queue, str) and queue:
-            return queue
-    raise ConfigurationError(
-        f"task_routes: the route for {name!r} must be a queue name or a dict with 'queue', "
-        f"not {route!r}"
-    )
-
-
-def normalise_routes(value: Any) -> tuple[dict[str, str], list[str]]:
-    """Celery's ``task_routes`` forms -> a routing dict (plain when there are no patterns).
-
-    Accepts a dict or a list/tuple of dicts (or of ``(name, route)`` pairs), keyed by task
-    name, glob (``"feed.tasks.*"``) or compiled regex; a route is a queue name or a dict with
-    ``'queue'``. Router functions and import paths raise ``ConfigurationError``.
+    * None -> ``{}``; a dict of exact names -> queue names, with no priority -> a plain dict;
+    * other dict forms (globs, regexes, a list of dicts or of ``(name, route)`` pairs, routes
+      with a priority) -> a :class:`~aioqueue.routing.TaskRoutes`, a dict of the exact names
+      whose ``get(name)`` answers with the patterns too;
+    * a form with a function, an import path or a ``route_for_task`` object -> the value as
+      given (its answers depend on each call's arguments: ``conf.router()`` asks it).
     """
     if value is None:
         return {}, []
-    routers = list(value) if isinstance(value, list | tuple) else [value]
-    notices: list[str] = []
-    maps: list[tuple[dict[str, str], list[tuple[re.Pattern[str], str]]]] = []
-    for router in routers:
-        if isinstance(router, Mapping):
-            pairs: Iterable[Any] = router.items()
-        elif isinstance(router, list | tuple):
-            pairs = router
-        else:
-            raise ConfigurationError(
-                f"task_routes: router {router!r} is not supported, only dicts of task name "
-                "(or glob, or regex) -> queue"
-            )
-        names: dict[str, str] = {}
-        patterns: list[tuple[re.Pattern[str], str]] = []
-        for pair in pairs:
-            try:
-                key, route = pair
-            except (TypeError, ValueError):
-                raise ConfigurationError(
-                    f"task_routes: {pair!r} is not a (name, route) pair") from None
-            queue = _queue_of(key, route, notices)
-            if isinstance(key, re.Pattern):
-                patterns.append((key, queue))
-            elif isinstance(key, str) and "*" in key:
-                patterns.append((re.compile(fnmatch.translate(key)), queue))
-            elif isinstance(key, str):
-                names[key] = queue
-            else:
-                raise ConfigurationError(f"task_routes: key {key!r} is not a task name")
-        maps.append((names, patterns))
-    if len(maps) == 1 and not maps[0][1]:
-        return maps[0][0], notices
-    return TaskRoutes(maps), notices
+    router = Router(value)
+    if not router.static:
+        return value, router.notices
+    routes = TaskRoutes(router)
+    # A plain dict says it all when it has no patterns and no priorities.
+    plain = (isinstance(value, Mapping) and not isinstance(value, TaskRoutes)
+             and len(routes) == len(value)
+             and all(router.route(name) == Route(queue) for name, queue in routes.items()))
+    return (dict(routes) if plain else routes), router.notices
 
 
 # -- environment -----------------------------------------------------------------------------
@@ -941,6 +873,8 @@ _ENV_PREFIX: Final = "AIOQUEUE_"
 #: the examples' and test suite's.
 _ENV_RESERVED: Final = frozenset({"AIOQUEUE_SUPERVISED", "AIOQUEUE_BROKER"})
 _ENV_RESERVED_PREFIXES: Final = ("AIOQUEUE_TEST_",)
+#: Settings that take any Python value in code, as an environment variable spells them.
+_ENV_TYPES: Final[dict[str, Any]] = {"task_routes": dict[str, Any]}
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
@@ -996,7 +930,7 @@ def settings_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     ``AIOQUEUE_SUPERVISED`` (set by ``--processes`` for its children), ``AIOQUEUE_BROKER``
     (the examples' own) and ``AIOQUEUE_TEST_*`` (the test suite's).
     """
-    hints = typing.get_type_hints(Settings)
+    hints = {**typing.get_type_hints(Settings), **_ENV_TYPES}
     found: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for var, raw in environ.items():

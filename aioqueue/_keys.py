@@ -29,13 +29,24 @@ class Keys:
 
     prefix: str = "aioqueue"
 
-    def stream(self, queue: str) -> str:
-        """The stream holding ready messages of ``queue``."""
+    def stream(self, queue: str, priority: int = 0) -> str:
+        """The stream holding ready messages of ``queue`` at ``priority`` (one per lane: 0,
+        the default, keeps the plain name)."""
+        if priority:
+            return f"{self.prefix}:{{{queue}}}:stream:p{priority}"
         return f"{self.prefix}:{{{queue}}}:stream"
 
-    def delayed(self, queue: str) -> str:
-        """Sorted set of messages due later (countdown, eta, retry back-off), score = due time."""
+    def delayed(self, queue: str, priority: int = 0) -> str:
+        """Sorted set of messages due later (countdown, eta, retry back-off), score = due
+        time; one per priority lane, so a message comes back at its own priority."""
+        if priority:
+            return f"{self.prefix}:{{{queue}}}:delayed:p{priority}"
         return f"{self.prefix}:{{{queue}}}:delayed"
+
+    def lanes(self, queue: str) -> str:
+        """Set of the priorities (besides 0) messages of ``queue`` were ever sent at: the
+        lanes a worker reads."""
+        return f"{self.prefix}:{{{queue}}}:lanes"
 
     def dead(self, queue: str) -> str:
         """The dead-letter stream of ``queue``."""
@@ -70,6 +81,46 @@ class Keys:
             _valid_reply_keys.clear()
         _valid_reply_keys.add((self.prefix, key))
         return True
+
+    # -- flow control (see aioqueue.flow) --------------------------------------------------
+    def rate(self, task: str) -> str:
+        """A rate limit's state: the time its next run may start (ms), shared by workers."""
+        return f"{self.prefix}:rate:{{{task}}}"
+
+    def rate_grant(self, task: str, task_id: str) -> str:
+        """Marks a parked run as holding its reserved rate slot (it runs without asking)."""
+        return f"{self.prefix}:rate:{{{task}}}:grant:{task_id}"
+
+    @property
+    def rate_limits(self) -> str:
+        """Hash: task name -> rate limit set at run time (``aioqueue control rate-limit``)."""
+        return f"{self.prefix}:rate_limits"
+
+    def slots(self, key: str) -> str:
+        """Sorted set of the runs holding a concurrency slot, score = lease expiry (ms)."""
+        return f"{self.prefix}:slots:{{{key}}}"
+
+    def slot_waiting(self, key: str) -> str:
+        """List of the runs parked until a slot of ``key`` frees (id, stream, payload)."""
+        return f"{self.prefix}:slots:{{{key}}}:waiting"
+
+    @property
+    def slot_keys(self) -> str:
+        """Hash: concurrency key -> its limit, for every key with runs parked (the sweep
+        that frees the slots of killed workers reads it)."""
+        return f"{self.prefix}:slots"
+
+    def gate(self, kind: str, key: str) -> str:
+        """A producer-side gate's lock: ``unique``, ``cooldown`` or ``debounce``."""
+        return f"{self.prefix}:{kind}:{{{key}}}"
+
+    def order_holder(self, key: str) -> str:
+        """The task id of the one task of an order key in flight (sent, running, retrying)."""
+        return f"{self.prefix}:order:{{{key}}}"
+
+    def order_waiting(self, key: str) -> str:
+        """List of the tasks of an order key waiting their turn, oldest first."""
+        return f"{self.prefix}:order:{{{key}}}:waiting"
 
     @property
     def revoked(self) -> str:

@@ -23,7 +23,9 @@ from . import signals
 from ._concurrency import run_in_thread
 from ._keys import Keys
 from .broker import Broker, Delivery, Enqueue, Outcome
+from .broker.base import Release
 from .errors import (
+    ConfigurationError,
     DeadLettered,
     NotRegistered,
     Retry,
@@ -31,6 +33,7 @@ from .errors import (
     TaskRevoked,
     TimeLimitExceeded,
 )
+from .flow import Admission, parse_rate
 from .message import ResultRecord, State, TaskMessage, get_serializer
 from .task import Request, Task, _current_request
 
@@ -42,6 +45,10 @@ __all__ = ("Running", "TaskRunner")
 log = logging.getLogger("aioqueue.worker")
 
 _UNSETTLEABLE = "unsettleable: "
+
+#: What :meth:`TaskRunner.run` returns for a run parked by flow control: already
+#: acknowledged (and waiting in Redis), nothing to settle.
+PARKED = Outcome()
 
 
 @dataclass(slots=True)
@@ -62,6 +69,8 @@ class Running:
     retval: Any = None
     exc: BaseException | None = None
     tb: str | None = None
+    #: The concurrency key whose slot it holds (renewed by the heartbeat), if any.
+    slot: str | None = None
 
     def cancel(self, reason: str) -> None:
         """Cancel the running task, saying why."""
@@ -95,6 +104,63 @@ class TaskRunner:
         self.log_info = log.isEnabledFor(logging.INFO)
         #: Called as a run starts (the worker records a task-started event with it).
         self.on_start: Callable[[Running], None] | None = None
+        #: Rate limits set at run time (task name -> rate), kept current by the worker.
+        self.rate_overrides: dict[str, str] = {}
+        self._intervals: dict[str, float | None] = {}
+        #: A concurrency slot's lease (renewed by the heartbeat).
+        self.lease_s = app.conf.visibility_timeout
+        self.rate_limits_enabled = not app.conf.worker_disable_rate_limits
+
+    def set_rate_overrides(self, overrides: dict[str, str]) -> None:
+        """Rate limits set at run time changed (``aioqueue control rate-limit``)."""
+        if overrides != self.rate_overrides:
+            self.rate_overrides = overrides
+            self._intervals.clear()
+
+    def rate_interval(self, task: Task[Any, Any]) -> float | None:
+        """Seconds between two runs of ``task`` cluster-wide, or None (no rate limit)."""
+        try:
+            return self._intervals[task.name]
+        except KeyError:
+            pass
+        interval: float | None = None
+        if self.rate_limits_enabled:
+            rate = self.rate_overrides.get(task.name)
+            if rate is None:
+                rate = task.options.rate_limit or self.app.conf.task_default_rate_limit
+            try:
+                interval = parse_rate(rate, f"rate limit of {task.name}")
+            except ConfigurationError as exc:
+                log.error("%s: not enforced", exc)
+        self._intervals[task.name] = interval
+        return interval
+
+    def _admission(self, task: Task[Any, Any], msg: TaskMessage) -> Admission | None:
+        """What this run must be admitted for (rate, concurrency), or None (most runs)."""
+        interval = self.rate_interval(task)
+        slots = task.options.max_concurrency
+        if interval is None and not slots:
+            return None
+        slot_key: str | None = None
+        if slots:
+            key_fn = task.options.concurrency_key
+            key = "" if key_fn is None else task.key_of(key_fn, msg.args, msg.kwargs)
+            slot_key = f"{task.name}:{key}"
+        return Admission(msg.id, task.name if interval is not None else None, interval or 0.0,
+                         slot_key, slots or 0)
+
+    def release_of(self, running: Running, outcome: Outcome) -> Release | None:
+        """What the run frees with its outcome: its slot always; its unique lock and its
+        order key's turn only when the task ended for good (not a retry or hand-back)."""
+        msg = running.message
+        if msg is None:
+            return None
+        final = outcome.requeue is None
+        unique = msg.unique if final else None
+        order = msg.order if final else None
+        if running.slot is None and unique is None and order is None:
+            return None
+        return Release(msg.id, unique, order, running.slot, self.lease_s)
 
     # -- records ---------------------------------------------------------------------------
     def _outcome(
@@ -267,8 +333,21 @@ class TaskRunner:
             return self._outcome(delivery, msg, State.REVOKED, exc=TaskRevoked("revoked"))
         if msg.eta is not None and msg.eta > now + 0.001:
             # Arrived early (a dead letter requeued by hand, a clock step): wait in the set.
-            return Outcome(delivery=delivery, requeue=Enqueue(delivery.queue, delivery.payload,
-                                                              msg.eta))
+            return Outcome(delivery=delivery, requeue=Enqueue(
+                delivery.queue, delivery.payload, msg.eta, delivery.priority))
+        try:
+            admission = self._admission(task, msg)
+        except Exception as exc:  # the user's concurrency_key: fail the task, say why
+            bad_key = ConfigurationError(f"{msg.task}[{msg.id}]: its concurrency_key raised "
+                                         f"{type(exc).__name__}: {exc}")
+            log.error("%s", bad_key)
+            running.state = State.FAILURE
+            return self._outcome(delivery, msg, State.FAILURE, exc=bad_key)
+        if admission is not None:
+            if not await self.broker.admit(delivery, admission, delivery.payload,
+                                           self.lease_s):
+                return PARKED  # acknowledged and waiting in Redis for its turn
+            running.slot = admission.slot_key
         if self.on_start is not None:
             self.on_start(running)
         if self.app.around_run is not None:  # instrumented (aioqueue.contrib.otel)
@@ -334,6 +413,7 @@ class TaskRunner:
             deliveries=delivery.deliveries, hostname=self.worker_name,
             max_retries=msg.max_retries, time_limit=msg.time_limit,
             reply_to=msg.reply_to,  # checked by update_state, the one user
+            priority=msg.priority,
         )
         token = _current_request.set(request)
         if self.log_info:
@@ -378,7 +458,8 @@ class TaskRunner:
         if reason == "shutdown":
             log.warning("Task %s[%s] interrupted by shutdown: handed back to the queue",
                         msg.task, msg.id)
-            return Outcome(delivery=delivery, requeue=Enqueue(delivery.queue, delivery.payload))
+            return Outcome(delivery=delivery, requeue=Enqueue(delivery.queue, delivery.payload,
+                                                              None, delivery.priority))
         if reason == "revoked":
             log.warning("Task %s[%s] terminated: revoked", msg.task, msg.id)
             running.state = State.REVOKED
@@ -444,12 +525,12 @@ class TaskRunner:
             id=msg.id, task=msg.task, args=msg.args, kwargs=msg.kwargs, queue=msg.queue,
             retries=msg.retries + 1, eta=due, expires=msg.expires, time_limit=msg.time_limit,
             reply_to=msg.reply_to, ignore_result=msg.ignore_result, max_retries=msg.max_retries,
-            headers=msg.headers,
+            headers=msg.headers, priority=msg.priority, unique=msg.unique, order=msg.order,
         )
         log.warning("Task %s[%s] retry %d in %.3gs: %s", msg.task, msg.id, msg.retries + 1,
                     delay, exc)
         tb = "".join(traceback.format_exception(exc)) if exc.__traceback__ else None
-        requeue = Enqueue(delivery.queue, self.serializer.encode(again), due)
+        requeue = Enqueue(delivery.queue, self.serializer.encode(again), due, delivery.priority)
         return self._outcome(delivery, msg, State.RETRY, exc=exc, tb=tb,
                              retries=msg.retries + 1, requeue=requeue)
 

@@ -13,12 +13,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
+import msgspec
+
 from ._keys import Keys
 from ._sync import PendingSend, SyncResult, in_async_context, portal
 from ._time import to_epoch, when_to_epoch
 from .broker import Broker, Enqueue, create_broker, redact_url
+from .broker._lanes import check_priority
 from .config import Settings
 from .errors import ConfigurationError, SerializationError
+from .flow import Gate, flow_gate
 from .message import ResultRecord, Serializer, State, TaskMessage, get_serializer
 from .result import AsyncResult, ResultWaiter
 from .task import Task, TaskOptions
@@ -310,6 +314,7 @@ class AioQueue:
             connect_timeout_s=self.conf.broker_connection_timeout,
         )
         broker.events_max_len = self.conf.events_max_len
+        broker.lanes.share_every = self.conf.priority_share_every
         broker.events_stats_ttl_s = self.conf.events_stats_ttl
         return broker
 
@@ -607,6 +612,12 @@ class AioQueue:
         reply: bool = True,
         now: float | None = None,
         reply_key: str | None = None,
+        priority: int | None = None,
+        unique_key: Any = None,
+        unique_for: float | None = None,
+        debounce: float | None = None,
+        cooldown: float | None = None,
+        order_key: Any = None,
     ) -> tuple[TaskMessage, Enqueue]:
         now = time.time() if now is None else now
         task = self.tasks.get(name)
@@ -623,6 +634,20 @@ class AioQueue:
         target = self.queue_for(name, queue)
         task_id = task_id or new_task_id()
         headers = self.message_headers
+        opts = task.options if task is not None else None
+        if priority is None:
+            priority = opts.priority if opts is not None else None
+        if priority is None:
+            priority = self.conf.task_default_priority or 0
+        check_priority(priority, f"the priority of {name}")
+        gate: Gate | None = None
+        if (opts is not None and opts.has_flow) or unique_for or debounce or cooldown or (
+                order_key is not None):
+            gate = flow_gate(name, task_id, args, kwargs, task, unique_key=unique_key,
+                             unique_for=unique_for, debounce=debounce, cooldown=cooldown,
+                             order_key=order_key)
+            if gate is not None and gate.kind == "debounce":
+                due = max(due or now, now + gate.ttl_s)
         msg = TaskMessage(
             id=task_id,
             task=name,
@@ -636,9 +661,13 @@ class AioQueue:
             ignore_result=ignore_result,
             max_retries=max_retries,
             headers=None if headers is None else headers(name, task_id, target),
+            priority=priority,
+            unique=gate.key if gate is not None and gate.kind == "unique" else None,
+            order=gate.key if gate is not None and gate.kind == "order" else None,
         )
         payload = self._encode_call(msg)
-        return msg, Enqueue(target, payload, due if due is not None and due > now else None)
+        return msg, Enqueue(target, payload, due if due is not None and due > now else None,
+                            priority, gate)
 
     def _encode_call(self, msg: TaskMessage) -> bytes:
         serializer = self.serializer
@@ -670,6 +699,8 @@ class AioQueue:
         # ids nobody holds, and the reply can come before enqueue() returns.
         handle: AsyncResult[R] = AsyncResult(
             msg.id, self, task.name, waiter=None if msg.reply_to is None else self.waiter)
+        if item.gate is not None:
+            return await self._send_gated(msg, item, task.name)
         # Inlined rather than calling _enqueue_one: one coroutine frame less on the path of
         # every delay() (a plain delay() loop is round-trip bound; every microsecond shows).
         await self.broker.enqueue((item,))
@@ -677,7 +708,26 @@ class AioQueue:
             await self._record_sent([msg])
         return handle
 
+    async def _send_gated(self, msg: TaskMessage, item: Enqueue, name: str) -> AsyncResult[Any]:
+        """Send behind a producer-side gate (unique, cooldown, debounce, order): the handle
+        is the task the call joins, when it joins one."""
+        assert item.gate is not None
+        waiter = None if msg.reply_to is None else self.waiter
+        handle: AsyncResult[Any] = AsyncResult(msg.id, self, name, waiter=waiter)
+
+        def build(task_id: str) -> bytes:
+            return self._encode_call(msgspec.structs.replace(msg, id=task_id))
+
+        joined = await self.broker.enqueue_gated(item, item.gate, build)
+        if joined is not None and joined != msg.id:
+            handle = AsyncResult(joined, self, name, waiter=waiter)
+        elif self.conf.task_send_sent_event:
+            await self._record_sent([msg])
+        return handle
+
     async def _enqueue_one(self, msg: TaskMessage, item: Enqueue, name: str) -> AsyncResult[Any]:
+        if item.gate is not None:
+            return await self._send_gated(msg, item, name)
         handle: AsyncResult[Any] = AsyncResult(
             msg.id, self, name, waiter=None if msg.reply_to is None else self.waiter)
         await self.broker.enqueue([item])
@@ -697,6 +747,10 @@ class AioQueue:
             reply_key = None if here is None else here.reply_to
             built = [self._build(task.name, args, {}, now=now, reply_key=reply_key)
                      for args in calls[start:start + _BATCH_CHUNK]]
+            if any(item.gate is not None for _, item in built):
+                # Gated calls each decide alone (one may join another's task).
+                handles += [await self._send_gated(msg, item, task.name) for msg, item in built]
+                continue
             waiter = None if built[0][0].reply_to is None else self.waiter
             # Handles before the write, as in _send.
             handles += [AsyncResult(msg.id, self, task.name, waiter=waiter) for msg, _ in built]

@@ -531,9 +531,18 @@ def _has_uvloop() -> bool:
     return True
 
 
-def _queues(values: list[str] | None, app: AioQueue) -> list[str]:
-    names = [q.strip() for value in values or [] for q in value.split(",") if q.strip()]
-    return names or [app.conf.task_default_queue]
+def _queues(values: list[str] | None, app: AioQueue,
+            exclude: list[str] | None = None) -> list[str]:
+    """The queues a worker serves: -Q's; else, as a Celery worker, every queue declared in
+    task_queues; else task_default_queue -- minus -X's. Nothing left is a usage error."""
+    names = list(dict.fromkeys(
+        _queue_names(values) or app.conf.task_queues or [app.conf.task_default_queue]))
+    excluded = _queue_names(exclude)
+    served = [name for name in names if name not in excluded]
+    if not served:
+        _fail(f"-X/--exclude-queues {','.join(excluded)} leaves no queue to consume: this "
+              f"worker would serve {', '.join(names)}")
+    return served
 
 
 def _positive_setting(app: AioQueue, name: str) -> int | None:
@@ -573,7 +582,13 @@ def worker(
                                                     help="Most tasks running at once.")] = None,
     queues: Annotated[list[str] | None, typer.Option("--queues", "-Q",
                                                      help="Queues to consume (comma-separated "
-                                                          "or repeated).")] = None,
+                                                          "or repeated); default: the "
+                                                          "task_queues setting, else "
+                                                          "task_default_queue.")] = None,
+    exclude_queues: Annotated[list[str] | None, typer.Option(
+        "--exclude-queues", "-X", show_default=False,
+        help="Queues not to consume (comma-separated or repeated), e.g. one of task_queues "
+             "left to other workers.")] = None,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="debug, info, warning...")]
     = "warning",
     beat: Annotated[bool, typer.Option("--beat", help="Also run the periodic scheduler.")]
@@ -613,7 +628,7 @@ def worker(
     _import_tasks(app, where)
     _setup_logging(loglevel, log_format)
     size = concurrency or app.conf.worker_concurrency
-    names = _queues(queues, app)
+    names = _queues(queues, app, exclude_queues)
     max_tasks = (max_tasks_per_child if max_tasks_per_child is not None
                  else _positive_setting(app, "worker_max_tasks_per_child"))
     max_memory = (max_memory_per_child if max_memory_per_child is not None
@@ -1100,14 +1115,17 @@ def status(ctx: typer.Context, target: TargetArg = None, app_opt: AppOpt = None,
     app = _ops_app(ctx, target, app_opt, broker, prefix)
     names = _queue_names(queues)
 
-    async def work(monitor: Monitor) -> tuple[list[WorkerInfo], list[QueueDetails]]:
-        return await monitor.workers(), await monitor.queues(names or None)
+    async def work(monitor: Monitor) -> tuple[list[WorkerInfo], list[QueueDetails],
+                                              dict[str, str]]:
+        return (await monitor.workers(), await monitor.queues(names or None),
+                await monitor.rate_limits())
 
-    workers, details = _operate(app, work)
+    workers, details, rate_limits = _operate(app, work)
     now = time.time()
     if as_json:
         _print_json({"workers": [_worker_doc(w) for w in workers],
-                     "queues": [_queue_doc(q, now) for q in details]})
+                     "queues": [_queue_doc(q, now) for q in details],
+                     "rate_limits": rate_limits})
         return
     if workers:
         _console().print(_table(
@@ -1122,6 +1140,8 @@ def status(ctx: typer.Context, target: TargetArg = None, app_opt: AppOpt = None,
     for queue in details:
         typer.echo(f"{queue.name}: ready={queue.waiting} delayed={queue.delayed} "
                    f"dead={queue.dead}")
+    for task_name, rate in rate_limits.items():
+        typer.echo(f"rate limit {task_name}: {rate} (cluster-wide)")
 
 
 # -- inspect -----------------------------------------------------------------------------------
@@ -1257,7 +1277,11 @@ def control_rate_limit(ctx: typer.Context,
                        app_opt: AppOpt = None, destination: DestinationOpt = None,
                        timeout: TimeoutOpt = None, broker: BrokerOpt = None,
                        prefix: PrefixOpt = None, as_json: JsonOpt = False) -> None:
-    """Set a task's rate limit on every worker (or one), for example: rate-limit tasks.add 10/s."""
+    """Set a task's cluster-wide rate limit, for example: rate-limit tasks.add 10/s.
+
+    Kept in Redis (workers started later obey it too) and applied at once by running
+    workers; 0 removes it. `status` lists the limits in force.
+    """
     target, (task, rate) = _split_app(ctx, words, bool(app_opt or broker), ("TASK", "RATE"))
     if not re.fullmatch(r"\d+(\.\d+)?(/[smh])?", rate):
         _fail(f"rate {rate!r}: use a number of tasks per second, minute or hour, for example "

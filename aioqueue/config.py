@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigurationError
 from .message import COMPRESSIONS, get_serializer
+from .routing import Router, TaskRoutes, declared_queues
 
 __all__ = ("Settings",)
 
@@ -40,12 +41,29 @@ class Settings:
     #: Seconds (or a timedelta) a result is kept. Also how long a revocation is remembered.
     result_expires: float | timedelta = 86400.0
     task_default_queue: str = "default"
-    #: Task name -> queue name.
-    task_routes: dict[str, str] = field(default_factory=dict)
+    #: Where tasks go, in any of Celery's forms: a dict of task name (or glob, or regex) ->
+    #: queue name or ``{"queue": ..., "priority": ...}``, a router function
+    #: ``(name, args, kwargs, options, task=None, **kw) -> route``, an import path naming one,
+    #: or a list of these asked in order (see :mod:`aioqueue.routing`). Dict forms are kept
+    #: as a dict (``get(name)`` answers); :meth:`router` answers for every form.
+    task_routes: Any = field(default_factory=dict)
+    #: The queues a worker consumes when ``-Q`` names none (Celery's ``task_queues``: names,
+    #: ``Queue`` objects or a dict of name -> options, kept as names). None: just
+    #: ``task_default_queue``.
+    task_queues: list[str] | None = None
     task_ignore_result: bool = False
     task_track_started: bool = False
     #: Default time limit in seconds for every task (None: no limit).
     task_time_limit: float | None = None
+    #: Priority of a call that names none (0 runs first, 9 last); None: 0.
+    task_default_priority: int | None = None
+    #: One message in this many + 1 a worker takes from a queue with several priorities
+    #: comes from the lower ones, in turn, so none waits forever (0: strict order).
+    priority_share_every: int = 10
+    #: Rate limit of every task that sets none (``"100/s"``; Celery's name).
+    task_default_rate_limit: str | None = None
+    #: Celery's switch: no rate limit is enforced (concurrency limits still are).
+    worker_disable_rate_limits: bool = False
     worker_concurrency: int = 100
     #: A message unacknowledged this long (its worker died) is handed to another worker.
     visibility_timeout: float = 30.0
@@ -114,6 +132,8 @@ class Settings:
         #: Human notices about settings with no effect here (Celery's names): a worker logs
         #: them once at start-up. ``app.config_notices`` is this list.
         self.notices: list[str] = []
+        #: (task_routes as last seen, a copy if it was a dict, its Router): see router().
+        self._router_cache: tuple[Any, dict[Any, Any] | None, Router] | None = None
 
     def update(self, **changes: Any) -> None:
         """Change settings by name; an unknown name raises ``ConfigurationError``.
@@ -141,6 +161,23 @@ class Settings:
 
     def _note(self, notices: list[str]) -> None:
         self.notices.extend(n for n in notices if n not in self.notices)
+
+    def router(self) -> Router:
+        """The :class:`~aioqueue.routing.Router` answering for ``task_routes``.
+
+        Built once and reused while ``task_routes`` stays the same: reassigning it, or
+        changing a routing dict in place, builds a new one.
+        """
+        routes = self.task_routes
+        cached = self._router_cache
+        if cached is not None and cached[0] is routes and (
+                cached[1] is None or cached[1] == routes):
+            return cached[2]
+        router = Router(routes)
+        # A copy of a dict, to notice `conf.task_routes["x"] = "q"` (the same object).
+        snapshot = dict(routes) if isinstance(routes, dict) else None
+        self._router_cache = (routes, snapshot, router)
+        return router
 
     def annotations_for(self, task_name: str) -> dict[str, Any]:
         """The ``task_annotations`` options for one task, as Celery applies them: the first
@@ -183,11 +220,28 @@ class Settings:
             raise ConfigurationError(
                 f"max_deliveries must be at least 1, not {self.max_deliveries}"
             )
+        self._validate_flow_control()
         self._validate_celery_style()
+
+    def _validate_flow_control(self) -> None:
+        from .broker._lanes import check_priority
+        from .flow import parse_rate
+
+        if self.task_default_priority is not None:
+            try:
+                check_priority(self.task_default_priority, "task_default_priority")
+            except ValueError as exc:
+                raise ConfigurationError(str(exc)) from None
+        share = self.priority_share_every
+        if isinstance(share, bool) or not isinstance(share, int) or share < 0:
+            raise ConfigurationError(
+                f"priority_share_every must be a whole number of at least 0, not {share!r}")
+        if self.task_default_rate_limit is not None:
+            parse_rate(self.task_default_rate_limit, "task_default_rate_limit")
 
     def _validate_celery_style(self) -> None:
         """The settings ported Celery configurations bring (see ``_celery_config``)."""
-        from ._celery_config import TaskRoutes, normalise_routes
+        from ._celery_config import normalise_routes
 
         serializer = get_serializer(self.task_serializer)  # unknown: ConfigurationError
         if self.accept_content is not None:
@@ -241,10 +295,15 @@ class Settings:
                 f"them, not {annotations!r}")
         routes = self.task_routes
         plain = type(routes) is dict and all(
-            isinstance(k, str) and "*" not in k and isinstance(v, str) for k, v in routes.items())
+            isinstance(k, str) and k and "*" not in k and isinstance(v, str) and v
+            for k, v in routes.items())
         if not (plain or isinstance(routes, TaskRoutes)):  # Celery's forms: globs, lists...
             self.task_routes, notices = normalise_routes(routes)
             self._note([f"task_routes: {n}" for n in notices])
+        if self.task_queues is not None:
+            notices = []
+            self.task_queues = declared_queues(self.task_queues, notices=notices)
+            self._note([f"task_queues: {n}" for n in notices])
 
     @property
     def result_expires_s(self) -> float:

@@ -84,6 +84,12 @@ class TaskMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     #: Carried from the producer to the run (W3C trace context, see ``aioqueue.contrib.otel``);
     #: omitted from the wire when None.
     headers: dict[str, str] | None = None
+    #: 0 (runs first) to 9: the lane of its queue it waits in, kept through retries.
+    priority: int = 0
+    #: Flow control the worker releases when the task ends for good (not on a retry):
+    #: the uniqueness lock it holds (``unique_for``) and its ordering key (``order_key``).
+    unique: str | None = None
+    order: str | None = None
 
 
 class ResultRecord(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -26,6 +26,7 @@ from .broker import QueueDetails
 from .control import encode_control
 from .errors import ConfigurationError
 from .events import Event, decode_event, encode_event, minute_of
+from .flow import parse_rate
 
 if TYPE_CHECKING:
     from .app import AioQueue
@@ -191,7 +192,28 @@ class Monitor:
             if not task_id:
                 raise ConfigurationError("control cancel needs a task_id")
             await self.app.revoke(str(task_id), terminate=True)
+        if op == "rate_limit":
+            await self.set_rate_limit(str(arguments.get("task") or ""), arguments.get("rate"))
         return await self._ask(op, arguments, destination, timeout_s)
+
+    async def set_rate_limit(self, task: str, rate: str | None) -> None:
+        """Set a task's cluster-wide rate limit now and for workers started later (kept in
+        Redis); ``None``, ``""`` or ``"0"`` removes it. Celery's ``control rate_limit``."""
+        if not task:
+            raise ConfigurationError("control rate_limit needs a task name")
+        normalised = None if parse_rate(rate, f"rate limit of {task}") is None else str(rate)
+        await self.broker.set_rate_limit(task, normalised)
+
+    async def rate_limits(self) -> dict[str, str]:
+        """Every rate limit in force: declared by registered tasks (and
+        ``task_default_rate_limit``), overridden by those set at run time."""
+        limits = {name: task.options.rate_limit for name, task in self.app.tasks.items()
+                  if task.options.rate_limit}
+        default = self.app.conf.task_default_rate_limit
+        if default:
+            limits = {name: limits.get(name, default) for name in self.app.tasks}
+        limits.update(await self.broker.rate_limits())
+        return dict(sorted((k, str(v)) for k, v in limits.items()))
 
     async def ping(self, timeout_s: float | None = None) -> dict[str, Any]:
         return await self.control("ping", timeout_s=timeout_s)

@@ -56,6 +56,8 @@ class Request:
     time_limit: float | None = None
     #: The producer's reply list as the message names it (``update_state`` checks it).
     reply_to: str | None = None
+    #: Its priority, 0 (first) to 9.
+    priority: int = 0
 
 
 _current_request: ContextVar[Request] = ContextVar("aioqueue_request")
@@ -91,7 +93,32 @@ class TaskOptions:
     on_failure: Callable[..., Any] | None = None
     on_retry: Callable[..., Any] | None = None
     after_return: Callable[..., Any] | None = None
+    #: Flow control (see the README's "Flow control"). 0 (first) to 9; None: the app's
+    #: ``task_default_priority``, else 0.
+    priority: int | None = None
+    #: Cluster-wide rate: ``"10/s"``, ``"100/m"``, ``"1000/h"`` (Celery's spelling).
+    rate_limit: str | None = None
+    #: Most runs at once across every worker; per ``concurrency_key(*args, **kwargs)``
+    #: when given (fair between keys).
+    max_concurrency: int | None = None
+    concurrency_key: Callable[..., Any] | None = None
+    #: At most one pending or running per key for this long (a second call gets the first
+    #: call's handle); key: ``unique_key(*args, **kwargs)``, or the arguments themselves.
+    unique_for: float | None = None
+    unique_key: Callable[..., Any] | None = None
+    #: Trailing edge: calls within this window collapse into one run of the last call.
+    debounce: float | None = None
+    #: Leading edge: a call runs, further calls within this window share its handle.
+    cooldown: float | None = None
+    #: Tasks with the same key run one at a time, in the order sent.
+    order_key: Callable[..., Any] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_flow(self) -> bool:
+        """True when sending it goes through a producer-side gate (see aioqueue.flow)."""
+        return bool(self.unique_for or self.debounce or self.cooldown
+                    or self.order_key is not None)
 
 
 class _ArgConverter:
@@ -169,6 +196,34 @@ class Task(Generic[P, R]):
         self._what_delay = f"{self.__name__}.delay(...)"
         self._what_apply = f"{self.__name__}.apply_async(...)"
 
+    def key_of(self, key_fn: Callable[..., Any], args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> Any:
+        """Call a flow-control key function (``concurrency_key``, ``unique_key``,
+        ``order_key``) with the call's arguments, all by name -- so
+        ``lambda customer_id, **_: customer_id`` works however the call passed them."""
+        try:
+            named = self._signature.bind_partial(
+                *((None, *args) if self.options.bind else args), **kwargs).arguments
+        except TypeError:
+            return key_fn(*args, **kwargs)
+        if self.options.bind:
+            named.pop(next(iter(self._signature.parameters)), None)  # self
+        flat: dict[str, Any] = {}
+        for name, value in named.items():
+            kind = self._signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                flat.update(value)
+            elif kind is not inspect.Parameter.VAR_POSITIONAL:
+                flat[name] = value
+        return key_fn(**flat)
+
+    @property
+    def _signature(self) -> inspect.Signature:
+        sig: inspect.Signature | None = self.__dict__.get("_sig")
+        if sig is None:
+            sig = self.__dict__["_sig"] = inspect.signature(self.fn)
+        return sig
+
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
 
@@ -219,6 +274,12 @@ class Task(Generic[P, R]):
         ignore_result: bool | None = None,
         max_retries: int | None = None,
         reply: bool = True,
+        priority: int | None = None,
+        unique_key: Any = None,
+        unique_for: float | None = None,
+        debounce: float | None = None,
+        cooldown: float | None = None,
+        order_key: Any = None,
     ) -> SyncResult[R]:
         """Enqueue a call with options (Celery's names); ``await`` it for the handle.
 
@@ -229,11 +290,21 @@ class Task(Generic[P, R]):
         ``expires`` (seconds from now, or a datetime) drops it, as REVOKED, if it has not
         started by then. ``reply=False`` stores the result without pushing it to this
         process (a sender that will not await it); the handle then polls if awaited.
+
+        Flow control (README, "Flow control"): ``priority`` 0 (first) to 9;
+        ``unique_for=seconds`` (with ``unique_key``: at most one pending or running, a
+        second call gets the first's handle); ``debounce`` / ``cooldown`` seconds (keyed by
+        ``unique_key``, else the task); ``order_key``: one at a time per key, in order sent.
         """
         options: dict[str, Any] = {
             "countdown": countdown, "eta": eta, "expires": expires, "queue": queue,
             "task_id": task_id, "time_limit": time_limit, "ignore_result": ignore_result,
             "max_retries": max_retries, "reply": reply}
+        for name, value in (("priority", priority), ("unique_key", unique_key),
+                            ("unique_for", unique_for), ("debounce", debounce),
+                            ("cooldown", cooldown), ("order_key", order_key)):
+            if value is not None:
+                options[name] = value
         call_args, call_kwargs = tuple(args or ()), dict(kwargs or {})
         if in_async_context():
             return PendingSend(self.app._send(self, call_args, call_kwargs, **options),

@@ -43,7 +43,7 @@ import msgspec
 
 from . import signals
 from ._concurrency import new_thread_limiter
-from ._runner import Running, TaskRunner
+from ._runner import PARKED, Running, TaskRunner
 from ._watchdog import LoopWatchdog
 from .broker import Delivery, Enqueue, Outcome
 from .control import ControlMessage, decode_control
@@ -195,6 +195,8 @@ class Worker:
         self._thread_limiter = new_thread_limiter(min(concurrency, 40))
         self.running: dict[str, Running] = {}
         self.processed = 0
+        #: Runs parked by flow control (rate limits, concurrency limits) on their way.
+        self.parked = 0
         self._free = concurrency
         self._slot_freed = anyio.Event()
         self._outcomes: list[Outcome] = []
@@ -391,6 +393,8 @@ class Worker:
         while True:
             try:
                 await self.broker.connect()
+                await self.broker.refresh_lanes(self.queues)
+                self.runner.set_rate_overrides(await self.broker.rate_limits())
                 if attempt:
                     log.warning("worker %s: connected to %s after %d attempts", self.name,
                                 self.broker.display_url, attempt + 1)
@@ -564,6 +568,12 @@ class Worker:
         delivery = running.delivery
         try:
             outcome = await self.runner.run(running)
+            if outcome is PARKED:  # flow control: acknowledged and waiting in Redis
+                self._release(running, parked=True)
+                return
+            msg = running.message
+            if running.slot is not None or (msg is not None and (msg.unique or msg.order)):
+                outcome.release = self.runner.release_of(running, outcome)
         except Exception:
             # The runner turns every task error into an outcome, so this is ours (or the
             # broker's, e.g. a STARTED write during an outage). Leave the message
@@ -575,8 +585,10 @@ class Worker:
             return
         except BaseException:
             # Cancelled from outside the task's own handling: hand the message back.
-            self._add_outcome(Outcome(delivery=delivery,
-                                      requeue=Enqueue(delivery.queue, delivery.payload)))
+            self._add_outcome(Outcome(
+                delivery=delivery,
+                requeue=Enqueue(delivery.queue, delivery.payload, None, delivery.priority),
+                release=self.runner.release_of(running, Outcome(requeue=Enqueue("", b"")))))
             self._release(running)
             raise
         if self.events:
@@ -676,10 +688,13 @@ class Worker:
         await self.broker.append_log("events", [encode_event(event)],
                                      self.app.conf.events_max_len)
 
-    def _release(self, running: Running) -> None:
+    def _release(self, running: Running, *, parked: bool = False) -> None:
         if self.running.get(running.delivery.message_id) is running:
             del self.running[running.delivery.message_id]
-        self.processed += 1
+        if parked:
+            self.parked += 1
+        else:
+            self.processed += 1
         self._free += 1
         self._slot_freed.set()
         if self.max_tasks is not None and self.processed >= self.max_tasks and not self._stopping:
@@ -821,9 +836,15 @@ class Worker:
     async def _maintenance(self) -> None:
         outage = _Outage(f"worker {self.name}: moving due delayed tasks", max_delay_s=0.5)
         interval = self.app.conf.delayed_poll_interval
+        promote_every = self._reclaim_every_s
+        next_promote = time.monotonic() + promote_every
         while True:
             try:
                 await self.broker.move_due(self.queues, time.time())
+                if time.monotonic() >= next_promote:
+                    # Slots of killed workers lapse: start the runs parked for them.
+                    next_promote = time.monotonic() + promote_every
+                    await self.broker.promote_slots(self.app.conf.visibility_timeout)
                 self._note(outage, ok=True)
             except Exception as exc:  # any error: log, back off, carry on
                 await anyio.sleep(self._note(outage, exc=exc))
@@ -851,6 +872,7 @@ class Worker:
                 if now >= next_register:
                     next_register = now + self.REGISTER_EVERY_S
                     await self._register()
+                    await self.broker.refresh_lanes(self.queues)
                 self._note(outage, ok=True)
             except Exception as exc:  # any error: log, back off, carry on
                 await anyio.sleep(self._note(outage, exc=exc))
@@ -870,6 +892,9 @@ class Worker:
         held += [o.delivery for o in self._outcomes if o.delivery is not None]
         if not held:
             return
+        slots = [(r.slot, r.task_id) for r in running if r.slot is not None and r.task_id]
+        if slots:
+            await self.broker.renew_slots(slots, self.app.conf.visibility_timeout)
         lost = {d.message_id for d in await self.broker.keep_claimed(self.name, held)}
         for r in running:
             if r.delivery.message_id in lost and self.running.get(r.delivery.message_id) is r:
@@ -880,6 +905,8 @@ class Worker:
                             r.delivery.message_id)
 
     async def _refresh_revocations(self) -> None:
+        # Rate limits set at run time ride along (the broadcast is the fast path).
+        self.runner.set_rate_overrides(await self.broker.rate_limits())
         now = time.time()
         found = await self.broker.revocations(now)
         # A broadcast may beat the write it announces into this read's reply: keep those
@@ -903,6 +930,10 @@ class Worker:
                     self._note(outage, ok=True)
                     if raw:
                         message = self._on_control(raw)
+                        if message is not None and message.op == "lanes":
+                            # A queue got a new priority: read it, then fetch again with it.
+                            await self.broker.refresh_lanes(self.queues)
+                            await self.broker.interrupt_fetch()
                         if message is not None and message.reply_to is not None:
                             await self._answer(message)
                         continue
@@ -932,6 +963,15 @@ class Worker:
                         self._terminated[message.task_id] = time.monotonic()
         elif message.op == "shutdown":
             self.stop()
+        elif message.op == "rate_limit" and message.arguments:
+            task, rate = message.arguments.get("task"), message.arguments.get("rate")
+            if isinstance(task, str):
+                overrides = dict(self.runner.rate_overrides)
+                if rate in (None, "", "0"):
+                    overrides.pop(task, None)
+                else:
+                    overrides[task] = str(rate)
+                self.runner.set_rate_overrides(overrides)
         return message
 
     async def _answer(self, message: ControlMessage) -> None:
@@ -967,7 +1007,7 @@ class Worker:
             task = self.app.tasks.get(str(arguments.get("task")))
             if task is None:
                 return f"unknown task {arguments.get('task')!r}"
-            return "recorded; rate limits are enforced by the flow-control work, not yet"
+            return "new rate limit set successfully"  # Celery's answer
         if op == "inspect":
             what = arguments.get("what")
             if what == "active":

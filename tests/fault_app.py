@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -79,3 +80,31 @@ async def first_slow(key: str, seconds: float) -> str:
 async def echo(value: Any) -> Any:
     """Return the argument (no bookkeeping)."""
     return value
+
+
+# -- flow control (tests/test_flow_faults.py) ----------------------------------------------
+SPANS_KEY = "fault:spans"
+
+
+async def _note(*fields: object) -> None:
+    global _client
+    if _client is None:
+        _client = aioredis.Redis.from_url(URL, socket_connect_timeout=1.0)
+    await _client.rpush(SPANS_KEY, "|".join(str(f) for f in fields))
+
+
+@app.task(name="fault.limited", rate_limit=os.environ.get("FAULT_RATE", "50/s"))
+async def limited(n: int) -> int:
+    """Note when it started (epoch seconds), for the measured rate."""
+    await _note("start", n, os.getpid(), time.time())
+    return n
+
+
+@app.task(name="fault.per_key", bind=True, max_concurrency=2,
+          concurrency_key=lambda key, **_: key)
+async def per_key(self: Any, key: str, seconds: float) -> str:
+    """Note the span it ran in (start, then end), by task id and process."""
+    await _note("start", self.request.id, key, os.getpid(), time.time())
+    await asyncio.sleep(seconds)
+    await _note("end", self.request.id, key, os.getpid(), time.time())
+    return key

@@ -378,7 +378,7 @@ def test_old_and_new_names_disagreeing_is_an_error() -> None:
 @pytest.mark.parametrize(("config", "message"), [
     ({"task_always_eager": True}, "no eager mode"),
     ({"BROKER_HOST": "rabbit"}, "put it in broker_url"),
-    ({"task_routes": ["proj.routers.route_task"]}, "router 'proj.routers.route_task' is not"),
+    ({"task_routes": [42]}, "router 42 is not supported"),  # functions and paths are routers
     ({"task_routes": {"a": {"exchange": "x"}}}, "must be a queue name or a dict with 'queue'"),
     ({"broker_use_ssl": {"cert_reqs": "required"}, "broker_url": "redis://h"}, "rediss://"),
     ({"task_annotations": ["proj.annotations.MyAnnotation"]}, "only dicts"),

@@ -16,6 +16,13 @@
 --   P k record            RPUSH the record to a reply list (after the acknowledgements)
 --   E k stats_k event field   XADD an event to the events stream and count it in a minute's
 --                         hash (never fails the outcome: events are best effort)
+--   U k id                release a unique lock (unique_for) if task `id` still holds it
+--   K k waiting_k id      end task `id`'s turn of an order key: the next waiting task of the
+--                         key goes to its stream (or delayed set) and holds the key
+--   C k waiting_k index_k id key lease_ms   free task `id`'s concurrency slot and start
+--                         parked runs of the key while slots are free
+-- K and C put a waiting message where it was sent: that key is stored with it (the one
+-- exception to "every key in KEYS", until Redis Cluster places them).
 --
 -- Redis scripts are atomic but not all-or-nothing, so each operation runs under pcall: a
 -- failing operation fails only its own outcome (which is then not acknowledged) and the
@@ -44,6 +51,63 @@ local function guarded(guard_k, action)
   return redis.pcall('SET', guard, '1', 'PX', guard_ms)
 end
 
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- An entry of a waiting list: fields separated by newlines, the payload last (it may
+-- hold newlines itself).
+local function split(entry, fields)
+  local out, from = {}, 1
+  for f = 1, fields - 1 do
+    local nl = string.find(entry, '\n', from, true)
+    out[f] = string.sub(entry, from, nl - 1)
+    from = nl + 1
+  end
+  out[fields] = string.sub(entry, from)
+  return out
+end
+
+local function end_turn(holder, waiting, id)
+  if redis.call('GET', holder) ~= id then return end
+  local entry = redis.call('LPOP', waiting)
+  if not entry then
+    redis.call('DEL', holder)
+    return
+  end
+  local next_id, dest, due, payload = unpack(split(entry, 4))
+  redis.call('SET', holder, next_id)
+  if due == '' then
+    redis.call('XADD', dest, '*', 'm', payload)
+  else
+    redis.call('ZADD', dest, due, payload)
+  end
+end
+
+local function free_slot(held, waiting, index, id, key, lease)
+  redis.call('ZREM', held, id)
+  local slots = tonumber(redis.call('HGET', index, key) or '0')
+  if slots == 0 then return end
+  local now = now_ms()
+  redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
+  while redis.call('ZCARD', held) < slots do
+    local entry = redis.call('LPOP', waiting)
+    if not entry then break end
+    local parked_id, stream, payload = unpack(split(entry, 3))
+    redis.call('ZADD', held, now + tonumber(lease), parked_id)
+    redis.call('XADD', stream, '*', 'm', payload)
+  end
+  if redis.call('LLEN', waiting) == 0 then redis.call('HDEL', index, key) end
+end
+
+-- A Lua function under pcall, its error as a reply the loop below understands.
+local function protected(fn, ...)
+  local ok, e = pcall(fn, ...)
+  if ok then return nil end
+  return {err = type(e) == 'table' and e.err or tostring(e)}
+end
+
 local i, n, outcome = 7, #ARGV, 0
 -- Replies waiting for the acknowledgements, as two flat arrays (no table per outcome: this
 -- loop runs once per settled task).
@@ -70,6 +134,24 @@ while i <= n do
       redis.pcall('HINCRBY', stats, ARGV[i + 4], 1)
       stats_keys[stats] = true
       i = i + 5
+    elseif op == 'U' then
+      if not err then
+        local id = ARGV[i + 2]
+        reply = redis.pcall('GET', key)
+        if reply == id then reply = redis.pcall('DEL', key) end
+      end
+      i = i + 3
+    elseif op == 'K' then
+      if not err then
+        reply = protected(end_turn, key, KEYS[tonumber(ARGV[i + 2])], ARGV[i + 3])
+      end
+      i = i + 4
+    elseif op == 'C' then
+      if not err then
+        reply = protected(free_slot, key, KEYS[tonumber(ARGV[i + 2])],
+          KEYS[tonumber(ARGV[i + 3])], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
+      end
+      i = i + 7
     elseif op == 'P' then
       replies = replies + 1
       reply_k[replies], reply_v[replies] = key, ARGV[i + 2]

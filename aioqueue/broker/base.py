@@ -12,11 +12,16 @@ to :meth:`Broker.settle`, which applies them in one atomic step. That is what ma
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ("Broker", "DeadLetter", "Delivery", "Enqueue", "Outcome", "Revocations", "SettleFailure")
+if TYPE_CHECKING:
+    from ..flow import Admission, Gate
+    from ._lanes import LanePlanner
+
+__all__ = ("Broker", "DeadLetter", "Delivery", "Enqueue", "Outcome", "Release", "Revocations",
+           "SettleFailure")
 
 
 #: Most replies a producer's reply list keeps (oldest dropped first), on both brokers. Only a
@@ -28,11 +33,18 @@ REPLY_CAP = 200_000
 
 @dataclass(slots=True)
 class Enqueue:
-    """One message to add: to the stream now, or to the delayed set when ``due_at`` is set."""
+    """One message to add: to the stream now, or to the delayed set when ``due_at`` is set.
+
+    ``priority`` (0..9, 0 first) picks the queue's lane: each priority has its own stream
+    and delayed set, so a delayed or retried message comes back at its own priority.
+    """
 
     queue: str
     payload: bytes
     due_at: float | None = None
+    priority: int = 0
+    #: Added behind this producer-side gate (``Broker.enqueue_gated``), if any.
+    gate: Gate | None = None
 
 
 @dataclass(slots=True)
@@ -45,6 +57,8 @@ class Delivery:
     payload: bytes
     #: How many times this message has been delivered, this time included.
     deliveries: int = 1
+    #: The priority lane it came from (0..9, 0 first).
+    priority: int = 0
 
 
 @dataclass(slots=True)
@@ -67,6 +81,21 @@ class Outcome:
     #: Events to record with it (``aioqueue.events``): (encoded event, per-minute counter
     #: field, minute). Recorded even when the rest of the outcome is refused.
     events: tuple[tuple[bytes, str, int], ...] = ()
+    #: Flow control the run held, freed in the same step (see ``aioqueue.flow``).
+    release: Release | None = None
+
+
+@dataclass(slots=True)
+class Release:
+    """What a run held that its outcome frees: a unique lock and an order key's turn (when
+    the task ended for good), a concurrency slot (whenever the run ended)."""
+
+    task_id: str
+    unique: str | None = None
+    order: str | None = None
+    slot: str | None = None
+    #: The lease of a parked run started in the freed slot (the visibility timeout).
+    lease_s: float = 30.0
 
 
 @dataclass(slots=True)
@@ -178,6 +207,46 @@ class Broker(Protocol):
         outcome never stops the others. Replaying a batch (after a lost reply) does not
         hand back, reschedule or dead-letter a message twice.
         """
+        ...
+
+    # -- flow control (see aioqueue.flow) --------------------------------------------------
+    lanes: LanePlanner
+
+    def lanes_of(self, queue: str) -> tuple[int, ...]:
+        """The priority lanes of ``queue`` a worker reads, first to last."""
+        ...
+
+    async def refresh_lanes(self, queues: Sequence[str]) -> None:
+        """Re-read which priorities messages of these queues were sent at."""
+        ...
+
+    async def enqueue_gated(self, item: Enqueue, gate: Gate,
+                            build: Callable[[str], bytes]) -> str | None:
+        """Add ``item`` behind a producer-side gate, atomically. Returns the id of the task
+        the call joins instead (unique, cooldown, debounce), or None. ``build(task_id)``
+        re-encodes the message under another id (a debounce joining a waiting task)."""
+        ...
+
+    async def admit(self, delivery: Delivery, admission: Admission, payload: bytes,
+                    lease_s: float) -> bool:
+        """Take a rate reservation and a concurrency slot for a run; True to run it now.
+        False: it was acknowledged and parked in Redis, in the same step."""
+        ...
+
+    async def renew_slots(self, held: Sequence[tuple[str, str]], lease_s: float) -> None:
+        """Extend the leases of (concurrency key, task id) slots held by running tasks."""
+        ...
+
+    async def promote_slots(self, lease_s: float) -> int:
+        """Free lapsed slots (killed workers) and start the runs parked for them."""
+        ...
+
+    async def rate_limits(self) -> dict[str, str]:
+        """Rate limits set at run time: task name -> rate (``"5/s"``)."""
+        ...
+
+    async def set_rate_limit(self, task: str, rate: str | None) -> None:
+        """Set (or with None, remove) a task's rate limit at run time, for every worker."""
         ...
 
     async def move_due(self, queues: Sequence[str], now: float) -> int:

@@ -12,12 +12,14 @@ import heapq
 import itertools
 import time
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from ..flow import Admission, Gate
+from ._lanes import LanePlanner
 from .base import (
     REPLY_CAP,
     DeadLetter,
@@ -25,6 +27,7 @@ from .base import (
     Enqueue,
     Outcome,
     QueueDetails,
+    Release,
     Revocations,
     SettleFailure,
 )
@@ -41,14 +44,32 @@ class _Pending:
     payload: bytes
     delivered_at: float
     deliveries: int
+    priority: int = 0
 
 
 @dataclass
 class _Queue:
-    ready: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+    #: Priority -> its waiting messages (a lane, as a stream on Redis); lane 0 always.
+    lanes: dict[int, OrderedDict[str, bytes]] = field(
+        default_factory=lambda: {0: OrderedDict()})
     pending: dict[str, _Pending] = field(default_factory=dict)
-    delayed: list[tuple[float, int, bytes]] = field(default_factory=list)
+    delayed: list[tuple[float, int, int, bytes]] = field(default_factory=list)
     dead: OrderedDict[str, DeadLetter] = field(default_factory=OrderedDict)
+
+    def lane(self, priority: int) -> OrderedDict[str, bytes]:
+        found = self.lanes.get(priority)
+        if found is None:
+            found = self.lanes[priority] = OrderedDict()
+            self.lanes = dict(sorted(self.lanes.items()))
+        return found
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(lane) for lane in self.lanes.values())
+
+    def oldest_waiting(self) -> str | None:
+        firsts = [next(iter(lane)) for lane in self.lanes.values() if lane]
+        return min(firsts, key=_entry_order) if firsts else None
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:
@@ -93,6 +114,29 @@ class MemoryBroker:
         self._last_runs: dict[str, float] = {}
         self._schedules: dict[str, str] = {}
         self._closed = False
+        self.lanes = LanePlanner()
+        #: Flow control, as the Redis broker keeps it (see aioqueue.flow): rate state (next
+        #: start, seconds) and grants; slots held (key -> task id -> lease end) and parked
+        #: runs (key -> (task id, queue, priority, payload)), with each key's limit;
+        #: producer gates (key -> (task id, until, payload)); order keys' holders and
+        #: waiting tasks; rate limits set at run time.
+        self._rate_next: dict[str, float] = {}
+        self._rate_grants: set[tuple[str, str]] = set()
+        self._slots: defaultdict[str, dict[str, float]] = defaultdict(dict)
+        self._slot_waiting: defaultdict[str, deque[tuple[str, str, int, bytes]]] = (
+            defaultdict(deque))
+        self._slot_limits: dict[str, int] = {}
+        self._gates: dict[tuple[str, str], tuple[str, float, bytes]] = {}
+        self._order_holders: dict[str, str] = {}
+        self._order_waiting: defaultdict[str, deque[tuple[str, Enqueue]]] = defaultdict(deque)
+        self._rate_limits: dict[str, str] = {}
+
+    def lanes_of(self, queue: str) -> tuple[int, ...]:
+        """The priority lanes of ``queue`` a worker reads, first to last."""
+        return tuple(self._queues[queue].lanes)
+
+    async def refresh_lanes(self, queues: Sequence[str]) -> None:
+        return None  # in-process: every lane is known as it is made
 
     def _notify(self) -> None:
         self._changed.set()
@@ -119,9 +163,9 @@ class MemoryBroker:
     def _add(self, item: Enqueue) -> None:
         q = self._queues[item.queue]
         if item.due_at is None:
-            q.ready[self._new_id()] = item.payload
+            q.lane(item.priority)[self._new_id()] = item.payload
         else:
-            heapq.heappush(q.delayed, (item.due_at, next(self._ids), item.payload))
+            heapq.heappush(q.delayed, (item.due_at, next(self._ids), item.priority, item.payload))
 
     async def enqueue(self, items: Sequence[Enqueue]) -> None:
         for item in items:
@@ -137,12 +181,15 @@ class MemoryBroker:
     def _take(self, queues: Sequence[str], consumer: str, count: int) -> list[Delivery]:
         out: list[Delivery] = []
         now = time.monotonic()
-        for name in queues:
+        lanes, count = self.lanes.plan(queues, self.lanes_of, count)
+        for name, priority in lanes:
             q = self._queues[name]
-            while q.ready and len(out) < count:
-                entry_id, payload = q.ready.popitem(last=False)
-                q.pending[entry_id] = _Pending(consumer, payload, now, 1)
-                out.append(Delivery(name, entry_id, payload, 1))
+            ready = q.lane(priority)
+            while ready and len(out) < count:
+                entry_id, payload = ready.popitem(last=False)
+                q.pending[entry_id] = _Pending(consumer, payload, now, 1, priority)
+                out.append(Delivery(name, entry_id, payload, 1, priority))
+        self.lanes.taken([(d.queue, d.priority) for d in out], self.lanes_of)
         return out
 
     async def fetch(
@@ -173,7 +220,7 @@ class MemoryBroker:
                 if now - p.delivered_at >= idle_s:
                     p.consumer, p.delivered_at = consumer, now
                     p.deliveries += 1
-                    out.append(Delivery(name, entry_id, p.payload, p.deliveries))
+                    out.append(Delivery(name, entry_id, p.payload, p.deliveries, p.priority))
         return out
 
     async def keep_claimed(self, consumer: str, deliveries: Sequence[Delivery]) -> list[Delivery]:
@@ -211,19 +258,150 @@ class MemoryBroker:
                 if o.dead_reason is not None and first:
                     entry_id = self._new_id()
                     q.dead[entry_id] = DeadLetter(d.queue, entry_id, d.payload, o.dead_reason, now)
+            if o.release is not None:
+                self._release(o.release)
             if o.events:
                 self._append("events", [data for data, _, _ in o.events], self.events_max_len)
                 self._count({(minute, field): 1 for _, field, minute in o.events})
         self._notify()
         return []  # nothing here can refuse a write
 
+    # -- flow control ----------------------------------------------------------------------
+    def _release(self, release: Release) -> None:
+        if release.unique is not None:
+            gate = self._gates.get(("unique", release.unique))
+            if gate is not None and gate[0] == release.task_id:
+                del self._gates["unique", release.unique]
+        if release.order is not None and self._order_holders.get(release.order) == \
+                release.task_id:
+            waiting = self._order_waiting[release.order]
+            if waiting:
+                next_id, item = waiting.popleft()
+                self._order_holders[release.order] = next_id
+                self._add(item)
+            else:
+                del self._order_holders[release.order]
+        if release.slot is not None:
+            self._slots[release.slot].pop(release.task_id, None)
+            self._start_parked(release.slot, release.lease_s)
+
+    def _start_parked(self, key: str, lease_s: float) -> int:
+        """Start parked runs of ``key`` while it has free slots (lapsed leases freed)."""
+        held, now = self._slots[key], time.time()
+        for task_id in [t for t, until in held.items() if until <= now]:
+            del held[task_id]
+        waiting, started = self._slot_waiting[key], 0
+        while waiting and len(held) < self._slot_limits.get(key, 0):
+            task_id, queue, priority, payload = waiting.popleft()
+            held[task_id] = now + lease_s
+            self._add(Enqueue(queue, payload, None, priority))
+            started += 1
+        if not waiting:
+            self._slot_limits.pop(key, None)
+        return started
+
+    async def enqueue_gated(self, item: Enqueue, gate: Gate,
+                            build: Callable[[str], bytes]) -> str | None:
+        self._declared.add(item.queue)
+        now = time.time()
+        if gate.kind == "order":
+            if gate.key in self._order_holders:
+                self._order_waiting[gate.key].append((gate.task_id, item))
+            else:
+                self._order_holders[gate.key] = gate.task_id
+                self._add(item)
+            self._notify()
+            return None
+        found = self._gates.get((gate.kind, gate.key))
+        if found is not None and found[1] <= now:
+            found = None
+        if gate.kind == "debounce":
+            q = self._queues[item.queue]
+            if found is not None:
+                waiting_id, _, old = found
+                entry = next((e for e in q.delayed if e[3] == old), None)
+                if entry is not None:  # still waiting: this call replaces it
+                    q.delayed.remove(entry)
+                    heapq.heapify(q.delayed)
+                    item.payload = build(waiting_id)
+                    self._add(item)
+                    self._gates[gate.kind, gate.key] = (waiting_id, now + gate.ttl_s,
+                                                        item.payload)
+                    return waiting_id
+            self._add(item)
+            self._gates[gate.kind, gate.key] = (gate.task_id, now + gate.ttl_s, item.payload)
+            return None
+        if found is not None:
+            return found[0]
+        self._gates[gate.kind, gate.key] = (gate.task_id, now + gate.ttl_s, b"")
+        self._add(item)
+        self._notify()
+        return None
+
+    async def admit(self, delivery: Delivery, admission: Admission, payload: bytes,
+                    lease_s: float) -> bool:
+        now = time.time()
+        reserved = False
+        q = self._queues[delivery.queue]
+        rate = admission.rate_key
+        if rate is not None:
+            grant = (rate, admission.task_id)
+            if grant in self._rate_grants:
+                self._rate_grants.discard(grant)
+            else:
+                at = max(self._rate_next.get(rate, 0.0), now)
+                self._rate_next[rate] = at + admission.rate_interval_s
+                if at > now + 0.0005:  # Redis counts in whole ms
+                    self._rate_grants.add(grant)
+                    q.pending.pop(delivery.message_id, None)
+                    heapq.heappush(q.delayed, (at, next(self._ids), delivery.priority, payload))
+                    return False
+                reserved = True
+        key = admission.slot_key
+        if key is not None:
+            held = self._slots[key]
+            for task_id in [t for t, until in held.items() if until <= now]:
+                del held[task_id]
+            if admission.task_id in held or len(held) < admission.slot_max:
+                held[admission.task_id] = now + lease_s
+                return True
+            if reserved and rate is not None:
+                self._rate_grants.add((rate, admission.task_id))
+            self._slot_waiting[key].append(
+                (admission.task_id, delivery.queue, delivery.priority, payload))
+            self._slot_limits[key] = admission.slot_max
+            q.pending.pop(delivery.message_id, None)
+            return False
+        return True
+
+    async def renew_slots(self, held: Sequence[tuple[str, str]], lease_s: float) -> None:
+        until = time.time() + lease_s
+        for key, task_id in held:
+            if task_id in self._slots[key]:
+                self._slots[key][task_id] = until
+
+    async def promote_slots(self, lease_s: float) -> int:
+        started = sum(self._start_parked(key, lease_s) for key in list(self._slot_limits))
+        if started:
+            self._notify()
+        return started
+
+    async def rate_limits(self) -> dict[str, str]:
+        return dict(self._rate_limits)
+
+    async def set_rate_limit(self, task: str, rate: str | None) -> None:
+        if rate is None:
+            self._rate_limits.pop(task, None)
+        else:
+            self._rate_limits[task] = rate
+
     async def move_due(self, queues: Sequence[str], now: float) -> int:
         moved = 0
         for name in queues:
             q = self._queues[name]
             while q.delayed and q.delayed[0][0] <= now:
-                _, _, payload = heapq.heappop(q.delayed)
-                q.ready[self._new_id()] = payload
+                _, _, priority, payload = heapq.heappop(q.delayed)
+                q.lane(priority)[self._new_id()] = payload
                 moved += 1
         if moved:
             self._notify()
@@ -303,24 +481,26 @@ class MemoryBroker:
 
     async def known_queues(self) -> list[str]:
         return sorted(self._declared | {n for n, q in self._queues.items()
-                                        if q.ready or q.pending or q.delayed or q.dead})
+                                        if q.waiting or q.pending or q.delayed or q.dead})
 
     async def queue_details(self, queues: Sequence[str]) -> list[QueueDetails]:
         out = []
         for name in queues:
             q = self._queues[name]
             oldest = None
-            if q.ready:
-                oldest = _entry_order(next(iter(q.ready)))[0] / 1000
-            out.append(QueueDetails(name, waiting=len(q.ready), running=len(q.pending),
+            first = q.oldest_waiting()
+            if first is not None:
+                oldest = _entry_order(first)[0] / 1000
+            out.append(QueueDetails(name, waiting=q.waiting, running=len(q.pending),
                                     delayed=len(q.delayed), dead=len(q.dead),
                                     oldest_waiting_at=oldest))
         return out
 
     async def purge_queue(self, queue: str) -> int:
         q = self._queues[queue]
-        n = len(q.ready) + len(q.delayed)
-        q.ready.clear()
+        n = q.waiting + len(q.delayed)
+        for lane in q.lanes.values():
+            lane.clear()
         q.delayed.clear()
         return n
 
@@ -399,7 +579,7 @@ class MemoryBroker:
     async def queue_sizes(self, queues: Sequence[str]) -> dict[str, tuple[int, int, int]]:
         return {
             name: (
-                len(self._queues[name].ready) + len(self._queues[name].pending),
+                self._queues[name].waiting + len(self._queues[name].pending),
                 len(self._queues[name].delayed),
                 len(self._queues[name].dead),
             )
@@ -413,7 +593,7 @@ class MemoryBroker:
         q = self._queues[queue]
         ids = list(q.dead) if entry_ids is None else [i for i in entry_ids if i in q.dead]
         for entry_id in ids:
-            q.ready[self._new_id()] = q.dead.pop(entry_id).payload
+            q.lane(0)[self._new_id()] = q.dead.pop(entry_id).payload
         self._notify()
         return len(ids)
 

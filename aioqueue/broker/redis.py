@@ -36,6 +36,8 @@ from redis import exceptions as redis_errors
 from .._keys import CONSUMER_GROUP, Keys
 from .._lua import Script, script
 from ..errors import BrokerConnectionError, BrokerError, SerializationError
+from ..flow import Admission, Gate
+from ._lanes import LanePlanner
 from ._resp import RespArgumentError, RespConnection, RespError
 from ._url import RedisTarget, parse_redis_url
 from .base import (
@@ -45,6 +47,7 @@ from .base import (
     Enqueue,
     Outcome,
     QueueDetails,
+    Release,
     Revocations,
     SettleFailure,
 )
@@ -77,6 +80,7 @@ _FETCH, _RECLAIM, _KEEP, _SETTLE = (script(n) for n in ("fetch", "reclaim", "kee
 _MOVE_DUE, _PRUNE, _REVOKE = script("move_due"), script("prune_consumers"), script("revoke")
 _LEASE, _RELEASE, _REQUEUE = script("lease"), script("release"), script("requeue_dead")
 _PURGE = script("purge_queue")
+_GATE, _ADMIT, _PROMOTE = script("gate"), script("admit"), script("promote_slots")
 #: Control answers wait this long for the asker to read them.
 CONTROL_REPLY_TTL_S = 60.0
 
@@ -161,6 +165,11 @@ class RedisBroker:
         self._replies = _Blocking(self.target, max_block_s)
         #: Queues already added to the known-queues set by this broker.
         self._announced: set[str] = set()
+        #: Priority lanes: per queue, the priorities messages were sent at (sorted, 0
+        #: included); and the (queue, priority) pairs this producer announced.
+        self._lanes: dict[str, tuple[int, ...]] = {}
+        self._announced_lanes: set[tuple[str, int]] = set()
+        self.lanes = LanePlanner()
         #: A blocking connection for tailing a log (monitors only), made on first use.
         self._log_reader: _Blocking | None = None
         # Pub/sub only; typed as Any because redis-py's stubs type replies as bytes | str.
@@ -273,13 +282,18 @@ class RedisBroker:
     # -- producing -------------------------------------------------------------------------
     def _add_command(self, item: Enqueue) -> tuple[Any, ...]:
         if item.due_at is None:
-            return ("XADD", self.keys.stream(item.queue), "*", "m", item.payload)
-        return ("ZADD", self.keys.delayed(item.queue), repr(item.due_at), item.payload)
+            return ("XADD", self.keys.stream(item.queue, item.priority), "*", "m", item.payload)
+        return ("ZADD", self.keys.delayed(item.queue, item.priority), repr(item.due_at),
+                item.payload)
 
     async def enqueue(self, items: Sequence[Enqueue]) -> None:
         hot = self._hot
         if items and items[0].queue not in self._announced:
             await self._announce_queues({item.queue for item in items})
+        if items and (items[0].priority or len(items) > 1):
+            lanes = {(i.queue, i.priority) for i in items if i.priority}
+            if not lanes <= self._announced_lanes:
+                await self._announce_lanes(lanes)
         if len(items) == 1:
             command = self._add_command(items[0])
             try:
@@ -300,11 +314,40 @@ class RedisBroker:
             await self._run("SADD", self.keys.queues, *sorted(new))
             self._announced |= new
 
+    async def _announce_lanes(self, lanes: set[tuple[str, int]]) -> None:
+        """Record a queue's new priority lanes, and tell the workers at once when one is
+        new to everyone (they also re-read the lanes every few seconds)."""
+        new = 0
+        for queue, priority in sorted(lanes - self._announced_lanes):
+            new += int(await self._run("SADD", self.keys.lanes(queue), priority))
+            self._announced_lanes.add((queue, priority))
+        if new:
+            from ..control import encode_control
+
+            await self._run("PUBLISH", self.keys.control, encode_control("lanes"))
+
+    def lanes_of(self, queue: str) -> tuple[int, ...]:
+        """The priority lanes of ``queue`` a worker reads, first to last."""
+        return self._lanes.get(queue, (0,))
+
+    def _lanes_in(self, queues: Sequence[str]) -> list[tuple[str, int]]:
+        return [(q, p) for q in queues for p in self.lanes_of(q)]
+
+    async def refresh_lanes(self, queues: Sequence[str]) -> None:
+        replies = await self._call(lambda: self._hot.execute_many(
+            [("SMEMBERS", self.keys.lanes(q)) for q in queues]), what="SMEMBERS")
+        for queue, members in zip(queues, replies, strict=True):
+            found = sorted({0} | {int(m) for m in members or () if m.isdigit()})
+            if len(found) > 1:
+                self._lanes[queue] = tuple(found)
+            else:
+                self._lanes.pop(queue, None)
+
     # -- consuming -------------------------------------------------------------------------
     async def ensure_queues(self, queues: Sequence[str]) -> None:
         hot = self._hot
-        for queue in queues:
-            stream = self.keys.stream(queue)
+        for queue, priority in self._lanes_in(queues):
+            stream = self.keys.stream(queue, priority)
             if stream in self._known_groups:
                 continue
 
@@ -340,7 +383,7 @@ class RedisBroker:
         self, queues: Sequence[str], consumer: str, count: int, timeout_s: float
     ) -> list[Delivery]:
         await self.ensure_queues(queues)
-        if len(queues) == 1:
+        if len(queues) == 1 and queues[0] not in self._lanes:
             # One stream: XREADGROUP's COUNT is exact, and one blocking call does it all.
             stream = self.keys.stream(queues[0])
             command: list[Any] = ["XREADGROUP", "GROUP", CONSUMER_GROUP, consumer,
@@ -353,25 +396,28 @@ class RedisBroker:
                 for entry_id, fields in entries:
                     out.append(Delivery(queues[0], entry_id.decode(), _message(fields)))
             return out
-        # Several streams: COUNT would apply to each, handing out count x streams messages.
-        # A script takes at most ``count`` over all of them, in the order given.
-        got, last_ids = await self._take(queues, consumer, count)
+        # Several streams (queues, or priority lanes of one): COUNT would apply to each,
+        # handing out count x streams messages. A script takes at most ``count`` over all
+        # of them, in the order planned (highest priority first; see _lanes.py).
+        lanes, count = self.lanes.plan(queues, self.lanes_of, count)
+        got, last_ids = await self._take(lanes, consumer, count)
         if got or not last_ids or timeout_s <= 0:
             return got
         # Nothing ready: wait (without taking anything) for the first message added after
         # what the group has delivered, then take again.
-        streams = [self.keys.stream(q) for q in queues]
+        streams = [self.keys.stream(q, p) for q, p in lanes]
         await self._blocking_read("XREAD", "COUNT", 1, "BLOCK", self._block_ms(timeout_s),
                                   "STREAMS", *streams, *last_ids)
-        got, _ = await self._take(queues, consumer, count)
+        lanes, count = self.lanes.plan(queues, self.lanes_of, count)
+        got, _ = await self._take(lanes, consumer, count)
         return got
 
     async def _take(
-        self, queues: Sequence[str], consumer: str, count: int
+        self, lanes: Sequence[tuple[str, int]], consumer: str, count: int
     ) -> tuple[list[Delivery], list[bytes]]:
         """New messages, and when there are none, the last-delivered id of each stream (to
         wait for the next with XREAD BLOCK)."""
-        streams = [self.keys.stream(q) for q in queues]
+        streams = [self.keys.stream(q, p) for q, p in lanes]
         try:
             found, body = await self._eval(_FETCH, streams, [CONSUMER_GROUP, consumer, count])
         except BrokerError as exc:
@@ -383,9 +429,10 @@ class RedisBroker:
             return [], list(body)
         out: list[Delivery] = []
         for index, entries in body:
-            queue = queues[int(index) - 1]
+            queue, priority = lanes[int(index) - 1]
             for entry_id, fields in entries:
-                out.append(Delivery(queue, entry_id.decode(), _message(fields)))
+                out.append(Delivery(queue, entry_id.decode(), _message(fields), 1, priority))
+        self.lanes.taken([(d.queue, d.priority) for d in out], self.lanes_of)
         return out, []
 
     async def interrupt_fetch(self) -> None:
@@ -396,25 +443,25 @@ class RedisBroker:
     ) -> list[Delivery]:
         idle_ms = int(idle_s * 1000)
         out: list[Delivery] = []
-        for queue in queues:
+        for queue, priority in self._lanes_in(queues):
             if len(out) >= count:
                 break
-            claimed = await self._eval(_RECLAIM, [self.keys.stream(queue)],
+            claimed = await self._eval(_RECLAIM, [self.keys.stream(queue, priority)],
                                        [CONSUMER_GROUP, consumer, idle_ms, count - len(out)])
             for entry_id, fields, times in claimed:
                 out.append(Delivery(queue, entry_id.decode(), _message(fields),
-                                    int(times) + 1))
+                                    int(times) + 1, priority))
         return out
 
     async def keep_claimed(self, consumer: str, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        by_queue: dict[str, list[Delivery]] = defaultdict(list)
+        by_lane: dict[tuple[str, int], list[Delivery]] = defaultdict(list)
         for d in deliveries:
-            by_queue[d.queue].append(d)
+            by_lane[d.queue, d.priority].append(d)
         lost: list[Delivery] = []
-        for queue, held in by_queue.items():
+        for (queue, priority), held in by_lane.items():
             ids = [d.message_id for d in held]
             gone = {i.decode() for i in await self._eval(
-                _KEEP, [self.keys.stream(queue)], [CONSUMER_GROUP, consumer, *ids])}
+                _KEEP, [self.keys.stream(queue, priority)], [CONSUMER_GROUP, consumer, *ids])}
             lost += [d for d in held if d.message_id in gone]
         return lost
 
@@ -436,7 +483,7 @@ class RedisBroker:
             keys.append(key)
             return len(keys)
 
-        stream_index: dict[str, int] = {}  # queue -> index of its stream key
+        stream_index: dict[tuple[str, int], int] = {}  # lane -> index of its stream key
 
         args: list[Any] = [CONSUMER_GROUP, int(SETTLE_GUARD_TTL_S * 1000),
                            int(REPLY_TTL_S * 1000), self.reply_cap, self.events_max_len,
@@ -449,9 +496,10 @@ class RedisBroker:
             if d is None:
                 args += ("O", 0, "", 0)
             else:
-                stream_k = stream_index.get(d.queue)
+                lane = (d.queue, d.priority)
+                stream_k = stream_index.get(lane)
                 if stream_k is None:
-                    stream_k = stream_index[d.queue] = k(keys_.stream(d.queue))
+                    stream_k = stream_index[lane] = k(keys_.stream(d.queue, d.priority))
                 args += ("O", stream_k, d.message_id, 0)
             header, n = len(args) - 1, 0
             if o.record is not None and o.task_id is not None:
@@ -465,9 +513,11 @@ class RedisBroker:
                 keys_.settle_guard(d.queue, d.message_id))
             if requeue is not None:
                 if requeue.due_at is None:
-                    args += ("Q", k(keys_.stream(requeue.queue)), requeue.payload, guard)
+                    args += ("Q", k(keys_.stream(requeue.queue, requeue.priority)),
+                             requeue.payload, guard)
                 else:
-                    args += ("Z", k(keys_.delayed(requeue.queue)), requeue.payload,
+                    args += ("Z", k(keys_.delayed(requeue.queue, requeue.priority)),
+                             requeue.payload,
                              repr(requeue.due_at), guard)
                 n += 1
             if d is not None and o.dead_reason is not None:
@@ -480,19 +530,113 @@ class RedisBroker:
             for data, stat, minute in o.events:
                 args += ("E", k(keys_.log("events")), k(keys_.stats(minute)), data, stat)
                 n += 1
+            release = o.release
+            if release is not None:
+                n += self._release_ops(args, k, release)
             args[header] = n
         failures, _reply_failures = await self._eval(_SETTLE, keys, args)
         return [SettleFailure(int(failures[i]) - 1, failures[i + 1].decode(errors="replace")
                               if isinstance(failures[i + 1], bytes) else str(failures[i + 1]))
                 for i in range(0, len(failures), 2)]
 
+    def _release_ops(self, args: list[Any], k: Callable[[str], int], release: Release) -> int:
+        keys_, n = self.keys, 0
+        if release.unique is not None:
+            args += ("U", k(keys_.gate("unique", release.unique)), release.task_id)
+            n += 1
+        if release.order is not None:
+            args += ("K", k(keys_.order_holder(release.order)),
+                     k(keys_.order_waiting(release.order)), release.task_id)
+            n += 1
+        if release.slot is not None:
+            args += ("C", k(keys_.slots(release.slot)), k(keys_.slot_waiting(release.slot)),
+                     k(keys_.slot_keys), release.task_id, release.slot,
+                     max(1, int(release.lease_s * 1000)))
+            n += 1
+        return n
+
+    # -- flow control ----------------------------------------------------------------------
+    async def enqueue_gated(self, item: Enqueue, gate: Gate,
+                            build: Callable[[str], bytes]) -> str | None:
+        keys_ = self.keys
+        if item.queue not in self._announced:
+            await self._announce_queues({item.queue})
+        if item.priority and (item.queue, item.priority) not in self._announced_lanes:
+            await self._announce_lanes({(item.queue, item.priority)})
+        if item.due_at is None:
+            dest, due = keys_.stream(item.queue, item.priority), ""
+        else:
+            dest, due = keys_.delayed(item.queue, item.priority), repr(item.due_at)
+        if gate.kind == "order":
+            keys = [keys_.order_holder(gate.key), dest, keys_.order_waiting(gate.key)]
+        else:
+            keys = [keys_.gate(gate.kind, gate.key), dest]
+        ttl_ms = max(1, int(gate.ttl_s * 1000))
+        task_id, payload, joined = gate.task_id, item.payload, "0"
+        for _ in range(10):  # a debounce racing another: bounded re-reads
+            reply = await self._eval(_GATE, keys, [gate.kind, task_id, payload, due, ttl_ms,
+                                                   joined])
+            code = int(reply[0])
+            if code == 0:
+                return None
+            if code == 1:
+                return str(reply[1].decode())
+            if code == 2:  # debounce: join the waiting task under its id
+                task_id, joined = reply[1].decode(), "1"
+            else:  # it started meanwhile: a new window, a new id
+                task_id, joined = gate.task_id, "0"
+            payload = build(task_id)
+        raise BrokerError(f"debounce {gate.key!r}: too many concurrent calls, try again")
+
+    async def admit(self, delivery: Delivery, admission: Admission, payload: bytes,
+                    lease_s: float) -> bool:
+        keys_, slot = self.keys, admission.slot_key or ""
+        rate = admission.rate_key or ""
+        keys = [keys_.stream(delivery.queue, delivery.priority),
+                keys_.delayed(delivery.queue, delivery.priority),
+                keys_.rate(rate), keys_.rate_grant(rate, admission.task_id),
+                keys_.slots(slot), keys_.slot_waiting(slot), keys_.slot_keys]
+        reply = await self._eval(_ADMIT, keys, [
+            CONSUMER_GROUP, delivery.message_id, admission.task_id, payload,
+            int(admission.rate_interval_s * 1000) if admission.rate_key else 0,
+            admission.slot_max if admission.slot_key else 0,
+            max(1, int(lease_s * 1000)), slot])
+        return int(reply[0]) == 0
+
+    async def renew_slots(self, held: Sequence[tuple[str, str]], lease_s: float) -> None:
+        if not held:
+            return
+        until = repr((time.time() + lease_s) * 1000)
+        commands = [("ZADD", self.keys.slots(key), "XX", until, task_id) for key, task_id in held]
+        await self._call(lambda: self._hot.execute_many(commands), what="ZADD")
+
+    async def promote_slots(self, lease_s: float) -> int:
+        started = 0
+        for raw in await self._run("HKEYS", self.keys.slot_keys) or ():
+            key = raw.decode()
+            started += int(await self._eval(
+                _PROMOTE, [self.keys.slots(key), self.keys.slot_waiting(key), self.keys.slot_keys],
+                [key, max(1, int(lease_s * 1000))]))
+        return started
+
+    async def rate_limits(self) -> dict[str, str]:
+        flat = await self._run("HGETALL", self.keys.rate_limits)
+        return {k.decode(): v.decode() for k, v in _fields(flat).items()}
+
+    async def set_rate_limit(self, task: str, rate: str | None) -> None:
+        if rate is None:
+            await self._run("HDEL", self.keys.rate_limits, task)
+        else:
+            await self._run("HSET", self.keys.rate_limits, task, rate)
+
     async def move_due(self, queues: Sequence[str], now: float) -> int:
-        async def one(queue: str) -> int:
-            keys = [self.keys.delayed(queue), self.keys.stream(queue)]
+        async def one(queue: str, priority: int) -> int:
+            keys = [self.keys.delayed(queue, priority), self.keys.stream(queue, priority)]
             return int(await self._eval(_MOVE_DUE, keys, [repr(now), _MOVE_BATCH]))
 
-        # Each queue on its own: one broken queue must not hold the others' due messages.
-        moved = await asyncio.gather(*(one(q) for q in queues), return_exceptions=True)
+        # Each lane on its own: one broken queue must not hold the others' due messages.
+        moved = await asyncio.gather(*(one(q, p) for q in queues for p in self.lanes_of(q)),
+                                     return_exceptions=True)
         errors = [m for m in moved if isinstance(m, BaseException)]
         if errors:
             raise errors[0]
@@ -500,17 +644,17 @@ class RedisBroker:
 
     async def prune_consumers(self, queues: Sequence[str], consumer: str, idle_s: float) -> int:
         removed = 0
-        for q in queues:
+        for q, p in self._lanes_in(queues):
             removed += int(await self._eval(
-                _PRUNE, [self.keys.stream(q)],
+                _PRUNE, [self.keys.stream(q, p)],
                 [CONSUMER_GROUP, int(idle_s * 1000), "except", consumer]))
         return removed
 
     async def forget_consumer(self, queues: Sequence[str], consumer: str) -> None:
         # Housekeeping on the way out: never hold a stopping worker for long.
-        for q in queues:
-            await self._eval(_PRUNE, [self.keys.stream(q)], [CONSUMER_GROUP, 0, "only", consumer],
-                             deadline_s=1.0)
+        for q, p in self._lanes_in(queues):
+            await self._eval(_PRUNE, [self.keys.stream(q, p)],
+                             [CONSUMER_GROUP, 0, "only", consumer], deadline_s=1.0)
 
     # -- results ---------------------------------------------------------------------------
     async def get_result(self, task_id: str) -> bytes | None:
@@ -626,12 +770,19 @@ class RedisBroker:
     async def queue_sizes(self, queues: Sequence[str]) -> dict[str, tuple[int, int, int]]:
         commands: list[tuple[Any, ...]] = []
         for q in queues:
-            commands += [("XLEN", self.keys.stream(q)), ("ZCARD", self.keys.delayed(q)),
-                         ("XLEN", self.keys.dead(q))]
+            commands.append(("XLEN", self.keys.dead(q)))
+            for p in self.lanes_of(q):
+                commands += [("XLEN", self.keys.stream(q, p)), ("ZCARD", self.keys.delayed(q, p))]
         hot = self._hot
-        counts = await self._call(lambda: hot.execute_many(commands), what="XLEN")
-        return {q: (int(counts[3 * i]), int(counts[3 * i + 1]), int(counts[3 * i + 2]))
-                for i, q in enumerate(queues)}
+        counts = iter(await self._call(lambda: hot.execute_many(commands), what="XLEN"))
+        sizes: dict[str, tuple[int, int, int]] = {}
+        for q in queues:
+            dead, ready, delayed = int(next(counts)), 0, 0
+            for _ in self.lanes_of(q):
+                ready += int(next(counts))
+                delayed += int(next(counts))
+            sizes[q] = (ready, delayed, dead)
+        return sizes
 
     # -- monitoring ------------------------------------------------------------------------
     async def register_worker(self, name: str, info: bytes, ttl_s: float) -> None:
@@ -707,37 +858,48 @@ class RedisBroker:
 
     async def queue_details(self, queues: Sequence[str]) -> list[QueueDetails]:
         out = []
+        await self.refresh_lanes(queues)
         for queue in queues:
-            stream = self.keys.stream(queue)
-            hot = self._hot
-            commands: list[tuple[Any, ...]] = [
-                ("XLEN", stream), ("ZCARD", self.keys.delayed(queue)),
-                ("XLEN", self.keys.dead(queue))]
-            length, delayed, dead = await self._call(
-                functools.partial(hot.execute_many, commands), what="XLEN")
-            try:
-                groups = await self._run("XINFO", "GROUPS", stream)
-            except BrokerError:  # no stream yet
-                groups = []
-            pending, last = 0, "0-0"
-            if isinstance(groups, list):
-                for group in groups:
-                    info = _fields(group)
-                    if info.get(b"name") == CONSUMER_GROUP.encode():
-                        pending = int(info.get(b"pending", 0))
-                        last = info.get(b"last-delivered-id", b"0-0").decode()
-            oldest = None
-            first = await self._run("XRANGE", stream, f"({last}", "+", "COUNT", 1)
-            if first:
-                oldest = int(first[0][0].split(b"-")[0]) / 1000
-            out.append(QueueDetails(queue, waiting=max(0, int(length) - pending),
-                                    running=pending, delayed=int(delayed), dead=int(dead),
-                                    oldest_waiting_at=oldest))
+            details = QueueDetails(queue, dead=int(await self._run("XLEN", self.keys.dead(queue))))
+            for priority in self.lanes_of(queue):
+                await self._add_lane_details(details, queue, priority)
+            out.append(details)
         return out
 
+    async def _add_lane_details(self, details: QueueDetails, queue: str, priority: int) -> None:
+        stream, hot = self.keys.stream(queue, priority), self._hot
+        commands: list[tuple[Any, ...]] = [
+            ("XLEN", stream), ("ZCARD", self.keys.delayed(queue, priority))]
+        length, delayed = await self._call(
+            functools.partial(hot.execute_many, commands), what="XLEN")
+        try:
+            groups = await self._run("XINFO", "GROUPS", stream)
+        except BrokerError:  # no stream yet
+            groups = []
+        pending, last = 0, "0-0"
+        if isinstance(groups, list):
+            for group in groups:
+                info = _fields(group)
+                if info.get(b"name") == CONSUMER_GROUP.encode():
+                    pending = int(info.get(b"pending", 0))
+                    last = info.get(b"last-delivered-id", b"0-0").decode()
+        first = await self._run("XRANGE", stream, f"({last}", "+", "COUNT", 1)
+        if first:
+            oldest = int(first[0][0].split(b"-")[0]) / 1000
+            if details.oldest_waiting_at is None or oldest < details.oldest_waiting_at:
+                details.oldest_waiting_at = oldest
+        details.waiting += max(0, int(length) - pending)
+        details.running += pending
+        details.delayed += int(delayed)
+
     async def purge_queue(self, queue: str) -> int:
-        return int(await self._eval(_PURGE, [self.keys.stream(queue), self.keys.delayed(queue)],
-                                    [CONSUMER_GROUP]))
+        await self.refresh_lanes([queue])
+        purged = 0
+        for p in self.lanes_of(queue):
+            purged += int(await self._eval(
+                _PURGE, [self.keys.stream(queue, p), self.keys.delayed(queue, p)],
+                [CONSUMER_GROUP]))
+        return purged
 
     async def publish_control(self, message: bytes) -> None:
         await self._run("PUBLISH", self.keys.control, message)
