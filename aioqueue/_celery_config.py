@@ -304,10 +304,6 @@ _NOTICES: Final[dict[str, str]] = {
     "result_accept_content": "results are decoded with task_serializer",
     "task_eager_propagates": _NO_EAGER,
     "task_store_eager_result": _NO_EAGER,
-    "task_default_rate_limit": (
-        "aioqueue has no rate limits; bound work with worker concurrency and queues"
-    ),
-    "worker_disable_rate_limits": "aioqueue has no rate limits",
     "task_protocol": (
         "aioqueue has its own message format: Celery workers cannot run aioqueue's messages "
         "nor the reverse, so move a queue's producers and workers together"
@@ -380,7 +376,9 @@ _REFUSED: Final[dict[str, str]] = {
 _ANNOTATION_KEYS: Final = frozenset({
     "queue", "ignore_result", "track_started", "max_retries", "default_retry_delay",
     "autoretry_for", "retry_backoff", "retry_backoff_max", "retry_jitter", "time_limit", "expires",
-    "on_success", "on_failure", "on_retry", "after_return",
+    "on_success", "on_failure", "on_retry", "after_return", "rate_limit", "priority",
+    "max_concurrency", "concurrency_key", "unique_for", "unique_key", "debounce", "cooldown",
+    "order_key",
 })  # fmt: skip
 #: apply_async options of Celery's that beat entries cannot pass on here.
 _AMQP_OPTIONS: Final = frozenset({

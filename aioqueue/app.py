@@ -25,6 +25,7 @@ from .errors import ConfigurationError, SerializationError
 from .flow import Gate, flow_gate
 from .message import ResultRecord, Serializer, State, TaskMessage, get_serializer
 from .result import AsyncResult, ResultWaiter
+from .routing import Route
 from .task import Task, TaskOptions
 
 if TYPE_CHECKING:
@@ -587,12 +588,27 @@ class AioQueue:
 
     def queue_for(self, task_name: str, queue: str | None = None) -> str:
         """Where a call goes: the call's queue, the task's, its route, or the default."""
+        return self._route(task_name, (), {}, queue)[0]
+
+    def _route(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+               queue: str | None) -> tuple[str, int | None]:
+        """(queue, route priority) of a call, in Celery's order: the call's queue, the
+        task's, then ``task_routes`` (which may also give a priority), then the default."""
+        task = self.tasks.get(name)
+        route: Route | None = None
+        routes = self.conf.task_routes
+        # Only a plain empty dict routes nothing (a TaskRoutes of patterns is an empty dict).
+        if routes or type(routes) is not dict:
+            route = self.conf.router().route(name, args, kwargs, {"queue": queue},
+                                             task=task)
+        priority = route.priority if route is not None else None
         if queue:
-            return queue
-        task = self.tasks.get(task_name)
+            return queue, priority
         if task is not None and task.options.queue:
-            return task.options.queue
-        return self.conf.task_routes.get(task_name) or self.conf.task_default_queue
+            return task.options.queue, priority
+        if route is not None:
+            return route.queue, priority
+        return self.conf.task_default_queue, priority
 
     # -- producing -------------------------------------------------------------------------
     def _build(
@@ -631,12 +647,14 @@ class AioQueue:
         if expires is None and task is not None and task.options.expires is not None:
             expires = task.options.expires
         expires_at = None if expires is None else when_to_epoch(expires, now)
-        target = self.queue_for(name, queue)
+        target, route_priority = self._route(name, args, kwargs, queue)
         task_id = task_id or new_task_id()
         headers = self.message_headers
         opts = task.options if task is not None else None
         if priority is None:
             priority = opts.priority if opts is not None else None
+        if priority is None:
+            priority = route_priority
         if priority is None:
             priority = self.conf.task_default_priority or 0
         check_priority(priority, f"the priority of {name}")

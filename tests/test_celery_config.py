@@ -95,11 +95,11 @@ async def test_old_style_module_configures_a_working_app(
     assert conf.result_expires == 3600 and conf.worker_concurrency == 8
     assert conf.task_serializer == "json" and conf.accept_content == ["json"]
     assert conf.task_time_limit == 60 and conf.task_default_queue == "celery"
-    assert conf.task_annotations == {"tasks.add": {"max_retries": 1}}
-    assert app.conf.annotations_for("tasks.add") == {"max_retries": 1}
+    assert conf.task_annotations == {"tasks.add": {"rate_limit": "10/s", "max_retries": 1}}
+    assert app.conf.annotations_for("tasks.add") == {"rate_limit": "10/s", "max_retries": 1}
     assert "always on in aioqueue" in notice_about(app, "CELERY_ACKS_LATE (task_acks_late)")
     assert "free concurrency slots" in notice_about(app, "CELERYD_PREFETCH_MULTIPLIER")
-    assert "rate_limit for 'tasks.add'" in " ".join(app.config_notices)
+    assert "rate_limit" not in " ".join(app.config_notices)  # enforced, cluster-wide
 
     @app.task(name="tasks.add", bind=True)
     async def add(self: Any, x: int, y: int) -> tuple[int, str]:

@@ -306,3 +306,43 @@ async def test_ordered_per_key_under_concurrency_and_retries(any_app: AioQueue) 
     assert not overlap
     for account, numbers in sent.items():
         assert [n for a, n in log if a == account] == numbers
+
+
+# -- routing -------------------------------------------------------------------------------
+async def test_routes_give_queue_and_priority_in_celerys_order(any_app: AioQueue) -> None:
+    any_app.broker.lanes.share_every = 0
+
+    def by_size(name: str, args: Any, kwargs: Any, options: Any, task: Any = None,
+                **_: Any) -> Any:
+        return "big" if args and args[0] > 100 else None
+
+    any_app.conf.task_routes = [by_size, {"reports.*": {"queue": "reports", "priority": 9},
+                                          "reports.urgent": {"queue": "reports", "priority": 0}}]
+    ran: list[str] = []
+
+    @any_app.task(name="reports.monthly")
+    async def monthly(size: int) -> None:
+        ran.append("monthly")
+
+    @any_app.task(name="reports.urgent")
+    async def urgent(size: int) -> None:
+        ran.append("urgent")
+
+    await monthly.delay(1)
+    await urgent.delay(1)
+    await monthly.delay(500)  # the function answers first: to "big"
+    assert (await any_app.broker.queue_sizes(["reports", "big"])) == {
+        "reports": (2, 0, 0), "big": (1, 0, 0)}
+    with anyio.fail_after(10):
+        await any_app.worker(concurrency=1, queues=["reports"], burst=True).run()
+    assert ran == ["urgent", "monthly"]  # exact name (priority 0) before the glob's 9
+
+
+async def test_annotations_give_every_task_a_rate_limit(any_app: AioQueue) -> None:
+    any_app.conf.task_annotations = {"*": {"rate_limit": "100/s"}}
+
+    @any_app.task(name="t.annotated")
+    async def job() -> None: ...
+
+    assert job.options.rate_limit == "100/s"
+    assert (await Monitor(any_app).rate_limits())["t.annotated"] == "100/s"

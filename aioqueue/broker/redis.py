@@ -768,6 +768,7 @@ class RedisBroker:
                 await pubsub.aclose()
 
     async def queue_sizes(self, queues: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+        await self.refresh_lanes(queues)
         commands: list[tuple[Any, ...]] = []
         for q in queues:
             commands.append(("XLEN", self.keys.dead(q)))
