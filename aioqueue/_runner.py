@@ -149,6 +149,13 @@ class TaskRunner:
         return Admission(msg.id, task.name if interval is not None else None, interval or 0.0,
                          slot_key, slots or 0)
 
+    def _slot_key_or_none(self, task: Task[Any, Any], msg: TaskMessage) -> str | None:
+        try:
+            admission = self._admission(task, msg)
+        except Exception:
+            return None
+        return None if admission is None else admission.slot_key
+
     def release_of(self, running: Running, outcome: Outcome) -> Release | None:
         """What the run frees with its outcome: its slot always; its unique lock and its
         order key's turn only when the task ended for good (not a retry or hand-back)."""
@@ -322,6 +329,10 @@ class TaskRunner:
                                  dead_reason=f"not registered: {msg.task}")
 
         now = time.time()
+        if task.options.max_concurrency and (msg.id in self.revoked or (
+                msg.expires is not None and msg.expires < now)):
+            # It may hold a slot given when it was parked: free it with the outcome.
+            running.slot = self._slot_key_or_none(task, msg)
         if msg.expires is not None and msg.expires < now:
             log.info("Task %s[%s] expired before it started", msg.task, msg.id)
             running.state = State.REVOKED

@@ -657,7 +657,8 @@ class AioQueue:
             priority = route_priority
         if priority is None:
             priority = self.conf.task_default_priority or 0
-        check_priority(priority, f"the priority of {name}")
+        if priority.__class__ is not int or not 0 <= priority <= 9:
+            check_priority(priority, f"the priority of {name}")  # raises, naming the range
         gate: Gate | None = None
         if (opts is not None and opts.has_flow) or unique_for or debounce or cooldown or (
                 order_key is not None):

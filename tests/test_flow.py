@@ -346,3 +346,36 @@ async def test_annotations_give_every_task_a_rate_limit(any_app: AioQueue) -> No
 
     assert job.options.rate_limit == "100/s"
     assert (await Monitor(any_app).rate_limits())["t.annotated"] == "100/s"
+
+
+async def test_a_revoked_parked_run_gives_its_slot_back(any_app: AioQueue) -> None:
+    """A run parked for a slot, revoked meanwhile, frees the slot it was promoted into (or
+    the next run would wait for the lease to lapse: visibility_timeout)."""
+    any_app.conf.visibility_timeout = 30.0  # a lapsing lease must not be what frees it
+    release = anyio.Event()
+    ran: list[str] = []
+
+    @any_app.task(name="t.single", max_concurrency=1)
+    async def job(tag: str) -> str:
+        ran.append(tag)
+        if tag == "first":
+            await release.wait()
+        return tag
+
+    async with any_app.worker(concurrency=4, queues=DEFAULT) as worker:
+        first = await job.delay("first")
+        with anyio.fail_after(5):
+            while ran != ["first"]:
+                await anyio.sleep(0.01)
+        second = await job.delay("second")
+        with anyio.fail_after(5):
+            while worker.parked != 1:  # parked: the slot is taken
+                await anyio.sleep(0.01)
+        await any_app.revoke(second.id)
+        release.set()
+        third = await job.delay("third")
+        with anyio.fail_after(5):  # well under visibility_timeout (30 s)
+            assert await third == "third"
+        assert await first == "first"
+        assert await second.state() == State.REVOKED
+    assert ran == ["first", "third"]

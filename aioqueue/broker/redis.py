@@ -630,13 +630,13 @@ class RedisBroker:
             await self._run("HSET", self.keys.rate_limits, task, rate)
 
     async def move_due(self, queues: Sequence[str], now: float) -> int:
-        async def one(queue: str, priority: int) -> int:
-            keys = [self.keys.delayed(queue, priority), self.keys.stream(queue, priority)]
+        async def one(queue: str) -> int:
+            keys = [key for p in self.lanes_of(queue)
+                    for key in (self.keys.delayed(queue, p), self.keys.stream(queue, p))]
             return int(await self._eval(_MOVE_DUE, keys, [repr(now), _MOVE_BATCH]))
 
-        # Each lane on its own: one broken queue must not hold the others' due messages.
-        moved = await asyncio.gather(*(one(q, p) for q in queues for p in self.lanes_of(q)),
-                                     return_exceptions=True)
+        # Each queue on its own: one broken queue must not hold the others' due messages.
+        moved = await asyncio.gather(*(one(q) for q in queues), return_exceptions=True)
         errors = [m for m in moved if isinstance(m, BaseException)]
         if errors:
             raise errors[0]
