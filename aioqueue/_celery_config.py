@@ -869,7 +869,11 @@ def normalise_routes(value: Any) -> tuple[Any, list[str]]:
 _ENV_PREFIX: Final = "AIOQUEUE_"
 #: AIOQUEUE_ variables that are not settings: aioqueue's own (``--processes`` children) and
 #: the examples' and test suite's.
-_ENV_RESERVED: Final = frozenset({"AIOQUEUE_SUPERVISED", "AIOQUEUE_BROKER"})
+_ENV_RESERVED: Final = frozenset({
+    "AIOQUEUE_SUPERVISED", "AIOQUEUE_BROKER",
+    # The dashboard's own (`aioqueue dashboard --help`), read by the CLI, not settings.
+    "AIOQUEUE_DASHBOARD_TOKEN", "AIOQUEUE_DASHBOARD_PASSWORD", "AIOQUEUE_DASHBOARD_BASIC_AUTH",
+})
 _ENV_RESERVED_PREFIXES: Final = ("AIOQUEUE_TEST_",)
 #: Settings that take any Python value in code, as an environment variable spells them.
 _ENV_TYPES: Final[dict[str, Any]] = {"task_routes": dict[str, Any]}

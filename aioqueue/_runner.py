@@ -71,6 +71,8 @@ class Running:
     tb: str | None = None
     #: The concurrency key whose slot it holds (renewed by the heartbeat), if any.
     slot: str | None = None
+    #: Admitted by flow control before it was started (the fetch loop's group admission).
+    admitted: bool = False
 
     def cancel(self, reason: str) -> None:
         """Cancel the running task, saying why."""
@@ -109,13 +111,67 @@ class TaskRunner:
         self._intervals: dict[str, float | None] = {}
         #: A concurrency slot's lease (renewed by the heartbeat).
         self.lease_s = app.conf.visibility_timeout
+        self._admissions = _AdmissionBatch(broker, self.lease_s)
         self.rate_limits_enabled = not app.conf.worker_disable_rate_limits
+        self._flow: bool | None = None
+        self._flow_tasks = 0
 
     def set_rate_overrides(self, overrides: dict[str, str]) -> None:
         """Rate limits set at run time changed (``aioqueue control rate-limit``)."""
         if overrides != self.rate_overrides:
             self.rate_overrides = overrides
             self._intervals.clear()
+            self._flow = None
+
+    @property
+    def flow_controlled(self) -> bool:
+        """True when some run may need admission (a rate limit or a concurrency limit
+        somewhere): only then does the fetch loop look at what it fetched."""
+        if self._flow is None or len(self.app.tasks) != self._flow_tasks:
+            self._flow_tasks = len(self.app.tasks)
+            self._flow = bool(self.rate_limits_enabled and (
+                self.rate_overrides or self.app.conf.task_default_rate_limit)) or any(
+                t.options.rate_limit or t.options.max_concurrency
+                for t in self.app.tasks.values())
+        return self._flow
+
+    async def admit_fetched(self, fetched: list[Running]) -> list[Running]:
+        """Group admission, in the fetch loop: decode what was fetched, admit every run
+        that needs it in one broker call, and return the runs to start (the others are
+        parked in Redis). On a broker error the runs start as fetched and each asks for
+        itself (the per-run path)."""
+        asking: list[tuple[Running, Admission]] = []
+        for running in fetched:
+            try:
+                msg = self.serializer.decode_message(running.delivery.payload)
+            except SerializationError:
+                continue  # run() records it
+            running.task_id, running.task_name, running.message = msg.id, msg.task, msg
+            task = self.app.tasks.get(msg.task)
+            if task is None:
+                continue
+            try:
+                admission = self._admission(task, msg)
+            except Exception:
+                continue  # run() fails it, naming the key function
+            if admission is not None:
+                asking.append((running, admission))
+        if not asking:
+            return fetched
+        try:
+            decisions = await self.broker.admit_many(
+                [(r.delivery, a) for r, a in asking], self.lease_s)
+        except Exception as exc:
+            log.warning("worker %s: group admission failed (%s); each run asks alone",
+                        self.worker_name, exc)
+            return fetched
+        parked: set[int] = set()
+        for (running, admission), admitted in zip(asking, decisions, strict=True):
+            if admitted:
+                running.admitted, running.slot = True, admission.slot_key
+            else:
+                parked.add(id(running))
+        return [r for r in fetched if id(r) not in parked]
 
     def rate_interval(self, task: Task[Any, Any]) -> float | None:
         """Seconds between two runs of ``task`` cluster-wide, or None (no rate limit)."""
@@ -148,6 +204,23 @@ class TaskRunner:
             slot_key = f"{task.name}:{key}"
         return Admission(msg.id, task.name if interval is not None else None, interval or 0.0,
                          slot_key, slots or 0)
+
+    async def _admit(self, running: Running, admission: Admission) -> bool:
+        """Ask the broker to admit the run (batched with every other run started in this
+        turn of the loop). Not abandoned on cancellation: a run parked meanwhile is
+        already acknowledged, so handing it back would run it twice."""
+        decision = self._admissions.submit(running.delivery, admission)
+        try:
+            admitted = await asyncio.shield(decision)
+        except asyncio.CancelledError:
+            admitted = await decision
+            if not admitted:
+                return False  # parked: safe in Redis, nothing to hand back
+            running.slot = admission.slot_key  # handed back: its slot is freed with it
+            raise
+        if admitted:
+            running.slot = admission.slot_key
+        return admitted
 
     def _slot_key_or_none(self, task: Task[Any, Any], msg: TaskMessage) -> str | None:
         try:
@@ -300,11 +373,13 @@ class TaskRunner:
     async def run(self, running: Running) -> Outcome:
         """Run one delivery and say how to settle it."""
         delivery = running.delivery
-        try:
-            msg = self.serializer.decode_message(delivery.payload)
-        except SerializationError as exc:
-            return self._undecodable(delivery, exc)
-        running.task_id, running.task_name, running.message = msg.id, msg.task, msg
+        msg = running.message  # decoded already when the fetch loop admitted it
+        if msg is None:
+            try:
+                msg = self.serializer.decode_message(delivery.payload)
+            except SerializationError as exc:
+                return self._undecodable(delivery, exc)
+            running.task_id, running.task_name, running.message = msg.id, msg.task, msg
 
         if delivery.deliveries > self.max_deliveries:
             error = DeadLettered(
@@ -354,11 +429,9 @@ class TaskRunner:
             log.error("%s", bad_key)
             running.state = State.FAILURE
             return self._outcome(delivery, msg, State.FAILURE, exc=bad_key)
-        if admission is not None:
-            if not await self.broker.admit(delivery, admission, delivery.payload,
-                                           self.lease_s):
-                return PARKED  # acknowledged and waiting in Redis for its turn
-            running.slot = admission.slot_key
+        if admission is not None and not running.admitted and not await self._admit(
+                running, admission):
+            return PARKED  # acknowledged and waiting in Redis for its turn
         if self.on_start is not None:
             self.on_start(running)
         if self.app.around_run is not None:  # instrumented (aioqueue.contrib.otel)
@@ -544,6 +617,47 @@ class TaskRunner:
         requeue = Enqueue(delivery.queue, self.serializer.encode(again), due, delivery.priority)
         return self._outcome(delivery, msg, State.RETRY, exc=exc, tb=tb,
                              retries=msg.retries + 1, requeue=requeue)
+
+
+class _AdmissionBatch:
+    """Group admission: the runs that ask in one turn of the event loop (a fetch hands out
+    many at once) are admitted by one broker call, as settling is group commit."""
+
+    def __init__(self, broker: Broker, lease_s: float) -> None:
+        self.broker = broker
+        self.lease_s = lease_s
+        self._asking: list[tuple[Delivery, Admission, asyncio.Future[bool]]] = []
+        self._sending: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
+
+    def submit(self, delivery: Delivery, admission: Admission) -> asyncio.Future[bool]:
+        loop = asyncio.get_running_loop()
+        decision: asyncio.Future[bool] = loop.create_future()
+        if not self._asking:
+            loop.call_soon(self._send)
+        self._asking.append((delivery, admission, decision))
+        return decision
+
+    def _send(self) -> None:
+        batch, self._asking = self._asking, []
+        sending = asyncio.get_running_loop().create_task(self._admit(batch))
+        self._sending.add(sending)
+        sending.add_done_callback(self._sending.discard)
+
+    async def _admit(self, batch: list[tuple[Delivery, Admission, asyncio.Future[bool]]]
+                     ) -> None:
+        try:
+            admitted = await self.broker.admit_many([(d, a) for d, a, _ in batch],
+                                                    self.lease_s)
+        except BaseException as exc:
+            for _, _, decision in batch:
+                if not decision.done():
+                    decision.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, decision), ok in zip(batch, admitted, strict=True):
+            if not decision.done():
+                decision.set_result(ok)
 
 
 def current_request_of(msg: TaskMessage, delivery: Delivery) -> Request:

@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload
 
 import msgspec
 
@@ -20,6 +20,7 @@ from ._sync import PendingSend, SyncResult, in_async_context, portal
 from ._time import to_epoch, when_to_epoch
 from .broker import Broker, Enqueue, create_broker, redact_url
 from .broker._lanes import check_priority
+from .broker.split import SplitBroker
 from .config import Settings
 from .errors import ConfigurationError, SerializationError
 from .flow import Gate, flow_gate
@@ -303,21 +304,31 @@ class AioQueue:
         return self._broker
 
     def _new_broker(self) -> Broker:
+        def make(url: str) -> Broker:
+            return create_broker(url, prefix=self.conf.key_prefix,
+                                 connect_timeout_s=self.conf.broker_connection_timeout)
+
+        broker = make(self.conf.broker_url)
         backend = self.conf.result_backend
         if backend is not None and backend != self.conf.broker_url:
-            raise ConfigurationError(
-                "a result backend apart from the broker is not supported: results are "
-                "stored atomically with the acknowledgement; leave backend unset"
-            )
-        broker = create_broker(
-            self.conf.broker_url,
-            prefix=self.conf.key_prefix,
-            connect_timeout_s=self.conf.broker_connection_timeout,
-        )
+            # Two roles (see broker/split.py): results stored first, then the ack.
+            if "memory://" in (backend[:9].lower(), self.conf.broker_url[:9].lower()):
+                raise ConfigurationError(
+                    f"result_backend {redact_url(backend)!r} apart from broker "
+                    f"{redact_url(self.conf.broker_url)!r}: memory:// keeps both in one "
+                    "process; use it for both, or Redis for both")
+            broker = cast(Broker, SplitBroker(broker, make(backend)))
         broker.events_max_len = self.conf.events_max_len
         broker.lanes.share_every = self.conf.priority_share_every
         broker.events_stats_ttl_s = self.conf.events_stats_ttl
         return broker
+
+    @property
+    def display_backend_url(self) -> str:
+        """Where results live (the broker's URL unless ``result_backend`` is apart),
+        passwords masked."""
+        backend = self.conf.result_backend
+        return redact_url(backend) if backend else self.display_broker_url
 
     @property
     def keys(self) -> Keys:
@@ -508,6 +519,19 @@ class AioQueue:
         retry_jitter: bool = ...,
         time_limit: float | None = ...,
         expires: float | None = ...,
+        on_success: Callable[..., Any] | None = ...,
+        on_failure: Callable[..., Any] | None = ...,
+        on_retry: Callable[..., Any] | None = ...,
+        after_return: Callable[..., Any] | None = ...,
+        priority: int | None = ...,
+        rate_limit: str | None = ...,
+        max_concurrency: int | None = ...,
+        concurrency_key: Callable[..., Any] | None = ...,
+        unique_for: float | None = ...,
+        unique_key: Callable[..., Any] | None = ...,
+        debounce: float | None = ...,
+        cooldown: float | None = ...,
+        order_key: Callable[..., Any] | None = ...,
     ) -> _TaskDecorator: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
@@ -516,7 +540,11 @@ class AioQueue:
         Options (Celery's names): ``name`` (default ``module.function``), ``bind`` (pass the
         task as ``self``), ``queue``, ``ignore_result``, ``track_started``, ``max_retries``,
         ``default_retry_delay``, ``autoretry_for``, ``retry_backoff``, ``retry_backoff_max``,
-        ``retry_jitter``, ``time_limit`` (seconds), ``expires`` (seconds).
+        ``retry_jitter``, ``time_limit`` (seconds), ``expires`` (seconds), the hooks
+        ``on_success``/``on_failure``/``on_retry``/``after_return``, and flow control
+        (README, "Flow control"): ``priority``, ``rate_limit``, ``max_concurrency`` with
+        ``concurrency_key``, ``unique_for`` with ``unique_key``, ``debounce``, ``cooldown``,
+        ``order_key``.
         """
         if fn is not None:
             return self._register(fn, options)

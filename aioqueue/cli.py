@@ -496,7 +496,7 @@ def _banner(app: AioQueue, where: str, concurrency: int, queues: list[str], beat
         f"({platform.python_implementation()} {platform.python_version()})",
         f" app:          {app.main} ({where})",
         f" broker:       {app.display_broker_url}",
-        f" results:      {app.display_broker_url} (expire after {app.conf.result_expires_s:g}s)",
+        f" results:      {app.display_backend_url} (expire after {app.conf.result_expires_s:g}s)",
         f" concurrency:  {concurrency} ({loop})"
         + (f" x {processes} processes" if processes > 1 else ""),
         f" queues:       {', '.join(queues)}",

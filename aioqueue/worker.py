@@ -505,10 +505,19 @@ class Worker:
                 self._free += free
                 await self._sleep_unless_stopping(self._note(outage, exc=exc))
                 continue
-            self._free += free - len(got)
             now = time.monotonic()
-            for delivery in got:
-                running = Running(delivery, started=now)
+            fetched = [Running(delivery, started=now) for delivery in got]
+            if fetched and self.runner.flow_controlled:
+                try:
+                    started = await self.runner.admit_fetched(fetched)
+                except BaseException:
+                    self._free += free - len(got)
+                    raise
+                self.parked += len(fetched) - len(started)
+                fetched = started
+            self._free += free - len(fetched)
+            for running in fetched:
+                delivery = running.delivery
                 self.running[delivery.message_id] = running
                 # A plain asyncio task, not a task-group child: anyio's start_soon cost a
                 # fifth of the worker's CPU per no-op task (py-spy). The worker tracks these

@@ -39,6 +39,13 @@ HOME = "aioqueue"
 # peer's plain enqueue rate (marked with * in the table).
 RATIO_FALLBACK = {"enqueue_batch": "enqueue"}
 
+# "Flow control costs" (benchmarks/_flow.py): one row per variant, medians over rounds.
+FLOW_METRICS: list[Metric] = [
+    Metric("throughput", "tasks/s", True, "{:,.0f}"),
+    Metric("worker_cpu", "worker CPU s / 10k tasks", False, "{:.2f}"),
+    Metric("redis_cpu", "redis CPU s / 10k tasks", False, "{:.2f}"),
+]
+
 
 @dataclass
 class Results:
@@ -46,6 +53,12 @@ class Results:
     samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     errors: dict[str, list[str]] = field(default_factory=dict)
     notes: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Flow-control section: (key, label) of each variant, the first being the baseline;
+    #: empty when the section did not run.
+    flow_variants: list[tuple[str, str]] = field(default_factory=list)
+    #: round number -> variant -> metric -> value (rounds kept apart for paired ratios).
+    flow: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    flow_errors: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, lib: str, metric: str, value: float) -> None:
         if not math.isnan(value):
@@ -103,6 +116,92 @@ class Results:
 
     def header(self) -> list[str]:
         return ["metric", *self.libs, "aioqueue / best peer"]
+
+    # -- flow control costs ----------------------------------------------------------------
+    def flow_add(self, rnd: int, variant: str, metric: str, value: float) -> None:
+        if not math.isnan(value):
+            self.flow.setdefault(rnd, {}).setdefault(variant, {})[metric] = value
+
+    def flow_error(self, rnd: int, variant: str, exc: BaseException) -> None:
+        msg = (str(exc).strip().splitlines() or [""])[0][:160]
+        self.flow_errors.setdefault(variant, []).append(
+            f"round {rnd}: {type(exc).__name__}: {msg}")
+
+    def flow_samples(self, variant: str, metric: str) -> list[float]:
+        return [v[variant][metric] for _, v in sorted(self.flow.items())
+                if metric in v.get(variant, {})]
+
+    def flow_ratios(self, variant: str) -> list[float]:
+        """variant / baseline tasks/s of each round where both ran (paired: a round's
+        variant is compared with the baseline measured minutes, not rounds, apart)."""
+        base = self.flow_variants[0][0]
+        out = []
+        for _, v in sorted(self.flow.items()):
+            a, b = v.get(variant, {}).get("throughput"), v.get(base, {}).get("throughput")
+            if a is not None and b:
+                out.append(a / b)
+        return out
+
+    def flow_header(self) -> list[str]:
+        return ["flow control", *(m.label for m in FLOW_METRICS[:1]), "vs plain",
+                *(m.label for m in FLOW_METRICS[1:]), "tasks/s per round"]
+
+    def flow_rows(self) -> list[list[str]]:
+        rows = []
+        for i, (key, label) in enumerate(self.flow_variants):
+            cells = []
+            for m in FLOW_METRICS:
+                vals = self.flow_samples(key, m.key)
+                cells.append(m.fmt.format(statistics.median(vals)) if vals else (
+                    "error" if key in self.flow_errors else "—"))
+            ratios = self.flow_ratios(key)
+            if i == 0:
+                vs = "1.00x" if ratios else "—"
+            elif ratios:
+                r = statistics.median(ratios)
+                vs = f"{r:.2f}x ({(r - 1) * 100:+.0f} %)"
+            else:
+                vs = "—"
+            per_round = " / ".join(
+                f"{v[key]['throughput']:,.0f}" if "throughput" in v.get(key, {}) else "err"
+                for _, v in sorted(self.flow.items()))
+            rows.append([label, cells[0], vs, *cells[1:], per_round])
+        return rows
+
+    def flow_rich_table(self, title: str) -> Table:
+        table = Table(title=title, show_lines=False)
+        for i, h in enumerate(self.flow_header()):
+            table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+        for row in self.flow_rows():
+            table.add_row(*row)
+        return table
+
+    def flow_markdown_table(self) -> str:
+        header = self.flow_header()
+        lines = [
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join(["---", *["---:"] * (len(header) - 1)]) + "|",
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in self.flow_rows()]
+        return "\n".join(lines)
+
+    def flow_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for i, (key, label) in enumerate(self.flow_variants):
+            entry: dict[str, Any] = {"label": label}
+            for m in FLOW_METRICS:
+                vals = self.flow_samples(key, m.key)
+                entry[m.key] = {"median": statistics.median(vals) if vals else None,
+                                "samples": vals}
+            ratios = self.flow_ratios(key)
+            entry["vs_plain"] = {
+                "median": statistics.median(ratios) if ratios else None,
+                "samples": ratios,
+                "baseline": i == 0,
+            }
+            entry["errors"] = self.flow_errors.get(key, [])
+            out[key] = entry
+        return out
 
     def rich_table(self, title: str) -> Table:
         table = Table(title=title, show_lines=False)
@@ -189,6 +288,12 @@ def write_outputs(
         "machine": machine,
         "results": res.to_json(),
     }
+    if res.flow_variants:
+        payload["flow_control"] = {
+            "n": config.get("flow_n"),
+            "rounds": config.get("flow_rounds"),
+            "variants": res.flow_json(),
+        }
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
 
     pkgs = ", ".join(f"{k[4:]} {v}" for k, v in machine.items() if k.startswith("pkg:"))
@@ -204,26 +309,45 @@ def write_outputs(
         "",
         f"Packages: {pkgs}.",
         "",
-        f"Settings: N={config['n']} tasks per throughput/enqueue run, K={config['k']} round trips, "
-        f"sleep test {config['sleep_n']} x 50 ms at concurrency {config['sleep_concurrency']} "
-        f"where configurable, {config['rounds']} interleaved rounds; "
-        "cells are medians over rounds.",
-        "",
-        res.markdown_table(),
-        "",
-        "↑ higher is better, ↓ lower is better; the last column is aioqueue's value divided by the "
-        "best peer's, so > 1 wins on ↑ rows and < 1 wins on ↓ rows. "
-        "\\* peers have no batch enqueue API: compared with the best peer's plain enqueue.",
-        "",
-        "Worker settings per library (throughput / round trip; sleep test):",
-        "",
     ]
-    for lib in res.libs:
-        n = res.notes.get(lib, {})
-        md.append(f"- **{lib}**: {n.get('default', '?')}; sleep test: {n.get('sleep', '?')}")
-    errs = [(lib, e) for lib in res.libs for e in res.errors.get(lib, [])]
-    if errs:
-        md += ["", "Errors:", ""] + [f"- {lib}: {e}" for lib, e in errs]
+    if res.libs:
+        md += [
+            f"Settings: N={config['n']} tasks per throughput/enqueue run, K={config['k']} "
+            f"round trips, sleep test {config['sleep_n']} x 50 ms at concurrency "
+            f"{config['sleep_concurrency']} where configurable, {config['rounds']} interleaved "
+            "rounds; cells are medians over rounds.",
+            "",
+            res.markdown_table(),
+            "",
+            "↑ higher is better, ↓ lower is better; the last column is aioqueue's value divided "
+            "by the best peer's, so > 1 wins on ↑ rows and < 1 wins on ↓ rows. "
+            "\\* peers have no batch enqueue API: compared with the best peer's plain enqueue.",
+            "",
+            "Worker settings per library (throughput / round trip; sleep test):",
+            "",
+        ]
+        for lib in res.libs:
+            n = res.notes.get(lib, {})
+            md.append(f"- **{lib}**: {n.get('default', '?')}; sleep test: {n.get('sleep', '?')}")
+        errs = [(lib, e) for lib in res.libs for e in res.errors.get(lib, [])]
+        if errs:
+            md += ["", "Errors:", ""] + [f"- {lib}: {e}" for lib, e in errs]
+    if res.flow_variants:
+        if res.libs:
+            md.append("")
+        md += [
+            "## Flow control costs",
+            "",
+            f"aioqueue's worker draining a pre-filled queue of {config.get('flow_n', 0):,} "
+            f"no-op tasks (one default worker process), {config.get('flow_rounds')} "
+            "interleaved rounds; cells are medians over rounds, `vs plain` is the median of "
+            "each round's variant / plain tasks/s.",
+            "",
+            res.flow_markdown_table(),
+        ]
+        errs = [(v, e) for v, _ in res.flow_variants for e in res.flow_errors.get(v, [])]
+        if errs:
+            md += ["", "Errors:", ""] + [f"- {v}: {e}" for v, e in errs]
     md += ["", "Method: see benchmarks/README.md.", ""]
     md_path.write_text("\n".join(md))
     return json_path, md_path

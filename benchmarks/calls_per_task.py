@@ -19,12 +19,20 @@ import pstats
 from aioqueue import AioQueue
 from aioqueue.testing import RedisServer
 
+#: Task options per ``--variant``: the flow-control costs (issue 11), far from their limits.
+VARIANTS: dict[str, dict[str, object]] = {
+    "plain": {},
+    "rate": {"rate_limit": "1000000/s"},
+    "keyed": {"max_concurrency": 1000, "concurrency_key": lambda *a, **k: "k"},
+    "priority": {"priority": 5},
+}
 
-async def measure(url: str, n: int) -> pstats.Stats:
+
+async def measure(url: str, n: int, variant: str = "plain") -> pstats.Stats:
     # No blocked-loop warnings: the profiler itself slows the loop down.
     app = AioQueue("calls", broker=url, worker_blocked_loop_warning=None)
 
-    @app.task
+    @app.task(**VARIANTS[variant])
     async def noop() -> None:
         return None
 
@@ -44,14 +52,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="plain")
     args = parser.parse_args()
     with RedisServer() as server:
-        stats = asyncio.run(measure(server.url, args.n))
+        stats = asyncio.run(measure(server.url, args.n, args.variant))
     rows = sorted(((calls, f"{path.rsplit('/', 1)[-1]}:{line}({name})")
                    for (path, line, name), (_, calls, *_rest) in stats.stats.items()  # type: ignore[attr-defined]
                    ), reverse=True)
     total = sum(calls for calls, _ in rows)
-    print(f"{total / args.n:.1f} Python calls per task (producer + worker, n={args.n})")
+    print(f"{total / args.n:.1f} Python calls per task (producer + worker, n={args.n}, "
+          f"{args.variant})")
     for calls, where in rows[:args.top]:
         print(f"{calls / args.n:8.2f}  {where}")
 

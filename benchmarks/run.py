@@ -1,7 +1,8 @@
-"""Benchmark driver: ``python -m benchmarks.run [--short] [--only aioqueue,arq]``.
+"""Benchmark driver: ``python -m benchmarks.run [--short] [--only aioqueue,arq,flow]``.
 
 One redis-server, one worker process per library at a time, libraries interleaved round
-by round so that slow drifts of the machine hit every library alike. See README.md.
+by round so that slow drifts of the machine hit every library alike; then, each round,
+aioqueue's flow-control costs (``flow``, see _flow.py). See README.md.
 """
 
 from __future__ import annotations
@@ -28,15 +29,18 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from benchmarks import _flow
 from benchmarks._measure import WorkerProcess, kill_all_workers, percentile, proc_cpu_seconds
 from benchmarks._redis import RedisServer
 from benchmarks._report import Results, machine_info, write_outputs
 from benchmarks.peers import ADAPTERS, load_peer
+from benchmarks.peers.aioqueue_peer import AioqueueFlowPeer
 from benchmarks.peers.base import REDIS_URL_ENV, Peer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
 PHASES = ("enqueue", "round trip", "throughput", "sleep test")
+FLOW = "flow"  # the --only name of the "Flow control costs" section
 WARMUP_TIMEOUT = 60.0  # total time a worker gets to become ready
 WARMUP_ATTEMPT = 10.0  # per warm-up round trip; a lost first task must not eat it all
 T = TypeVar("T")
@@ -51,6 +55,10 @@ class Config:
     rounds: int
     libs: tuple[str, ...]
     mode: str
+    flow: bool = True
+    flow_n: int = 50_000
+    flow_rounds: int = 3
+    out: str = ""
 
     @property
     def throughput_timeout(self) -> float:
@@ -60,32 +68,53 @@ class Config:
     def sleep_timeout(self) -> float:
         return 60 + self.sleep_n * 0.05  # as if fully serial (concurrency 1)
 
+    @property
+    def flow_timeout(self) -> float:
+        return 60 + self.flow_n / 50
+
+    @property
+    def total_rounds(self) -> int:
+        return max(self.rounds if self.libs else 0, self.flow_rounds if self.flow else 0)
+
 
 def parse_args(argv: list[str] | None = None) -> Config:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     p.add_argument("--short", action="store_true", help="small N, 2 rounds (a few minutes)")
-    p.add_argument("--only", default="", help=f"comma list out of {','.join(ADAPTERS)}")
+    p.add_argument("--only", default="",
+                   help=f"comma list out of {','.join([*ADAPTERS, FLOW])} "
+                        f"({FLOW}: aioqueue's flow-control costs); default: all")
     p.add_argument("--n", type=int, help="tasks per enqueue/throughput run")
     p.add_argument("--k", type=int, help="sequential round trips per round")
     p.add_argument("--sleep-n", type=int, help="tasks in the sleep test")
     p.add_argument("--sleep-concurrency", type=int, default=500)
     p.add_argument("--rounds", type=int)
+    p.add_argument("--flow-n", type=int, help="tasks per flow-control drain")
+    p.add_argument("--flow-rounds", type=int,
+                   help="flow-control rounds (default: --rounds, at least 3)")
+    p.add_argument("--out", default="",
+                   help="directory for results.json/results.md (default: benchmarks/)")
     a = p.parse_args(argv)
-    libs = tuple(x.strip() for x in a.only.split(",") if x.strip()) or tuple(ADAPTERS)
-    unknown = [x for x in libs if x not in ADAPTERS]
+    chosen = tuple(x.strip() for x in a.only.split(",") if x.strip()) or (*ADAPTERS, FLOW)
+    unknown = [x for x in chosen if x not in ADAPTERS and x != FLOW]
     if unknown:
         p.error(f"unknown libraries: {', '.join(unknown)}")
-    short = {"n": 2000, "k": 20, "sleep_n": 500, "rounds": 2}
-    full = {"n": 20000, "k": 100, "sleep_n": 5000, "rounds": 3}
+    libs = tuple(x for x in chosen if x != FLOW)
+    short = {"n": 2000, "k": 20, "sleep_n": 500, "rounds": 2, "flow_n": 20000}
+    full = {"n": 20000, "k": 100, "sleep_n": 5000, "rounds": 3, "flow_n": 50000}
     base = short if a.short else full
+    rounds = a.rounds or base["rounds"]
     return Config(
         n=a.n or base["n"],
         k=a.k or base["k"],
         sleep_n=a.sleep_n or base["sleep_n"],
         sleep_concurrency=a.sleep_concurrency,
-        rounds=a.rounds or base["rounds"],
+        rounds=rounds,
         libs=libs,
         mode="short" if a.short else "full",
+        flow=FLOW in chosen,
+        flow_n=a.flow_n or base["flow_n"],
+        flow_rounds=a.flow_rounds or max(3, rounds),
+        out=a.out,
     )
 
 
@@ -115,19 +144,19 @@ class Bench:
         self.server = server
         self.logdir = logdir
         self.progress = progress
-        self.bar = progress.add_task("starting", total=cfg.rounds * len(cfg.libs) * len(PHASES))
+        flow_steps = cfg.flow_rounds * len(_flow.VARIANTS) if cfg.flow else 0
+        self.bar = progress.add_task(
+            "starting", total=cfg.rounds * len(cfg.libs) * len(PHASES) + flow_steps)
         self.res = Results(list(cfg.libs))
+        if cfg.flow:
+            self.res.flow_variants = [(v.key, v.label) for v in _flow.VARIANTS]
         self.redis: Redis[Any] = Redis.from_url(server.url)
 
     def _step(self, text: str) -> None:
         self.progress.update(self.bar, description=text)
 
-    @contextlib.asynccontextmanager
-    async def worker(
-        self, peer: Peer, concurrency: int | None, tag: str
-    ) -> AsyncIterator[WorkerProcess]:
-        cmd, extra_env = peer.worker_cmd(concurrency)
-        env = {
+    def worker_env(self, extra_env: dict[str, str]) -> dict[str, str]:
+        return {
             **os.environ,
             REDIS_URL_ENV: self.server.url,
             # Console scripts do not put the cwd on sys.path; the task modules live here.
@@ -137,6 +166,13 @@ class Bench:
             "PYTHONUNBUFFERED": "1",
             **extra_env,
         }
+
+    @contextlib.asynccontextmanager
+    async def worker(
+        self, peer: Peer, concurrency: int | None, tag: str
+    ) -> AsyncIterator[WorkerProcess]:
+        cmd, extra_env = peer.worker_cmd(concurrency)
+        env = self.worker_env(extra_env)
         w = WorkerProcess(peer.name, cmd, env, self.logdir / f"{peer.name}-{tag}.log")
         w.start(REPO_ROOT)
         peer.alive = w.check_alive
@@ -259,10 +295,63 @@ class Bench:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(peer.close(), 10)
 
+    async def run_flow(self, rnd: int) -> None:
+        """One round of "Flow control costs": each variant a pre-filled drain (_flow.py)."""
+        cfg, res = self.cfg, self.res
+        for variant in _flow.rotation(rnd):
+            label = f"round {rnd}/{cfg.flow_rounds} · flow control · {variant.label}"
+            try:
+                await self.flow_drain(rnd, variant, label)
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                res.flow_error(rnd, variant.key, exc)
+            finally:
+                self.progress.advance(self.bar)
+
+    async def flow_drain(self, rnd: int, variant: _flow.Variant, label: str) -> None:
+        cfg = self.cfg
+        await self.redis.flushall()
+        peer = AioqueueFlowPeer(self.server.url)
+        await peer.connect()
+        try:
+            self._step(f"{label}: fill {cfg.flow_n}")
+            app = peer.tasks.app
+            streams = _flow.stream_keys(app)
+            ids = await guarded(variant.fill(peer.tasks, cfg.flow_n), None, cfg.flow_timeout)
+            results = _flow.result_keys(app, ids)
+        finally:
+            # Nobody awaits the handles: the producer is gone before the worker starts.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(peer.close(), 10)
+        if len(ids) != cfg.flow_n:
+            raise RuntimeError(f"filled {len(ids)} tasks, not {cfg.flow_n}")
+        cmd, extra_env = peer.worker_cmd(None)
+        w = WorkerProcess(peer.name, cmd, self.worker_env(extra_env),
+                          self.logdir / f"flow-{variant.key}-r{rnd}.log")
+        w.start(REPO_ROOT)
+        try:
+            self._step(f"{label}: drain")
+            d = await _flow.drain(self.redis, streams, cfg.flow_n, w, self.server.pid,
+                                  cfg.flow_timeout)
+            missing = await _flow.missing_results(self.redis, results)
+            if missing:
+                raise RuntimeError(f"{missing} of {cfg.flow_n} results missing after the "
+                                   "queue drained (parked or lost runs)")
+        finally:
+            await asyncio.to_thread(w.stop)
+            await self.redis.flushall()
+        self.res.flow_add(rnd, variant.key, "throughput", d.rate)
+        self.res.flow_add(rnd, variant.key, "worker_cpu", d.worker_cpu)
+        self.res.flow_add(rnd, variant.key, "redis_cpu", d.redis_cpu)
+
     async def run(self) -> Results:
-        for rnd in range(1, self.cfg.rounds + 1):
-            for lib in self.cfg.libs:
-                await self.run_lib(rnd, lib)
+        for rnd in range(1, self.cfg.total_rounds + 1):
+            if rnd <= self.cfg.rounds:
+                for lib in self.cfg.libs:
+                    await self.run_lib(rnd, lib)
+            if self.cfg.flow and rnd <= self.cfg.flow_rounds:
+                await self.run_flow(rnd)
         self._step("done")
         await self.redis.aclose()
         return self.res
@@ -273,6 +362,12 @@ def exact_command() -> str:
     with contextlib.suppress(ValueError):
         exe = exe.relative_to(Path.cwd())  # not resolved: keep the venv path readable
     return shlex.join([str(exe), "-m", "benchmarks.run", *sys.argv[1:]])
+
+
+def _shown(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.resolve().relative_to(REPO_ROOT))
+    return str(path)
 
 
 def _on_sigterm(signum: int, frame: object) -> NoReturn:
@@ -316,18 +411,28 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         kill_all_workers()
         server.stop()
-    title = f"aioqueue vs peers ({cfg.mode}: N={cfg.n}, K={cfg.k}, rounds={cfg.rounds}; medians)"
-    console.print(res.rich_table(title))
-    for lib, errs in res.errors.items():
-        for e in errs:
-            console.print(f"[red]{lib}[/red] {e}", highlight=False)
+    if cfg.libs:
+        title = (f"aioqueue vs peers ({cfg.mode}: N={cfg.n}, K={cfg.k}, rounds={cfg.rounds}; "
+                 "medians)")
+        console.print(res.rich_table(title))
+        for lib, errs in res.errors.items():
+            for e in errs:
+                console.print(f"[red]{lib}[/red] {e}", highlight=False)
+    if cfg.flow:
+        title = (f"aioqueue flow control costs (drain of N={cfg.flow_n}, "
+                 f"rounds={cfg.flow_rounds}; medians, vs plain = median of per-round ratios)")
+        console.print(res.flow_rich_table(title))
+        for variant, errs in res.flow_errors.items():
+            for e in errs:
+                console.print(f"[red]flow {variant}[/red] {e}", highlight=False)
     if interrupted:
         # Partial numbers are shown above but never replace a complete results file.
         console.print("[yellow]interrupted: results.json/results.md left unchanged[/yellow]")
     else:
-        paths = write_outputs(res, BENCH_DIR, machine, exact_command(), asdict(cfg), started)
-        console.print("wrote " + " and ".join(str(p.relative_to(REPO_ROOT)) for p in paths))
-    if res.errors:
+        out_dir = Path(cfg.out) if cfg.out else BENCH_DIR
+        paths = write_outputs(res, out_dir, machine, exact_command(), asdict(cfg), started)
+        console.print("wrote " + " and ".join(_shown(p) for p in paths))
+    if res.errors or res.flow_errors:
         console.print(f"[yellow]errors occurred; worker logs kept in {logdir}[/yellow]")
     else:
         shutil.rmtree(logdir, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -48,13 +48,42 @@ async def raw(redis_url: str) -> AsyncIterator[Any]:
     await client.aclose()
 
 
-@pytest.fixture(params=["redis", "memory"])
+@pytest.fixture(scope="session")
+def backend_server() -> Iterator[Any]:
+    """A second redis-server: a result backend on another server than the broker."""
+    from aioqueue.testing import RedisServer  # registered as a plugin above: import late
+
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def backend_url(backend_server: Any) -> str:
+    """The backend server's URL, flushed before the test."""
+    if backend_server.command("FLUSHALL") != b"+OK":
+        raise RuntimeError("FLUSHALL failed on the backend redis-server")
+    return backend_server.url
+
+
+@pytest.fixture(params=["redis", "memory", "split"])
 async def any_app(request: pytest.FixtureRequest) -> AsyncIterator[AioQueue]:
-    """The ``app`` settings on each broker in turn: a test using this must pass on both.
+    """The ``app`` settings on each layout in turn: a test using this must pass on all --
+    one Redis, the in-process memory broker, and ``split``: results on another server than
+    the queues (``result_backend`` apart from ``broker_url``).
 
     Tests change a setting with ``any_app.conf.update(...)`` before their first broker call.
     """
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else "memory://"
-    application = AioQueue("tests", broker=url, **TEST_SETTINGS)
+    backend = None
+    if request.param == "memory":
+        url = "memory://"
+    else:
+        url = request.getfixturevalue("redis_url")
+        if request.param == "split":
+            backend = request.getfixturevalue("backend_url")
+    application = AioQueue("tests", broker=url, backend=backend, **TEST_SETTINGS)
     yield application
     await application.close()

@@ -32,6 +32,7 @@ LOG_KEY = "fault:log"
 app = AioQueue(
     "fault_app",
     broker=URL,
+    backend=os.environ.get("FAULT_BACKEND_URL"),
     visibility_timeout=float(os.environ.get("FAULT_VT", "1.5")),
     shutdown_timeout=float(os.environ.get("FAULT_SHUTDOWN_TIMEOUT", "1.0")),
     broker_connection_timeout=float(os.environ.get("FAULT_CONNECTION_TIMEOUT", "2.0")),
@@ -108,3 +109,25 @@ async def per_key(self: Any, key: str, seconds: float) -> str:
     await asyncio.sleep(seconds)
     await _note("end", self.request.id, key, os.getpid(), time.time())
     return key
+
+
+if os.environ.get("FAULT_KILL_AFTER_RESULTS"):
+    # A worker that dies (SIGKILL, no clean-up) right after storing results on a result
+    # backend apart from the broker, before acknowledging: the window split.py describes.
+    import signal
+
+    from aioqueue.broker.split import SplitBroker
+
+    _settle = SplitBroker.settle
+
+    async def _settle_then_die(self: SplitBroker, outcomes: Any) -> Any:
+        from aioqueue.broker import Outcome
+
+        stored = [Outcome(task_id=o.task_id, record=o.record, result_ttl_s=o.result_ttl_s,
+                          reply_to=o.reply_to) for o in outcomes if o.record is not None]
+        if stored:
+            await self.results.settle(stored)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return await _settle(self, outcomes)
+
+    SplitBroker.settle = _settle_then_die  # type: ignore[method-assign]

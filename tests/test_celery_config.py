@@ -679,3 +679,15 @@ def test_annotations_from_a_config_apply_to_tasks(apps: list[AioQueue]) -> None:
         return x + y
 
     assert add.options.max_retries == 1 and add.options.time_limit == 5
+
+
+def test_the_dashboards_environment_variables_are_not_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`aioqueue dashboard` reads these itself: an app made beside them must not refuse
+    them as unknown settings (it did, so the documented token set-up failed at import)."""
+    for name in ("AIOQUEUE_DASHBOARD_TOKEN", "AIOQUEUE_DASHBOARD_PASSWORD",
+                 "AIOQUEUE_DASHBOARD_BASIC_AUTH"):
+        monkeypatch.setenv(name, "secret")
+    app = AioQueue("dash", broker="memory://")
+    assert app.conf.broker_url == "memory://"

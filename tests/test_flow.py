@@ -379,3 +379,17 @@ async def test_a_revoked_parked_run_gives_its_slot_back(any_app: AioQueue) -> No
         assert await first == "first"
         assert await second.state() == State.REVOKED
     assert ran == ["first", "third"]
+
+
+async def test_a_rate_above_a_thousand_per_second_is_enforced(any_app: AioQueue) -> None:
+    """Intervals under 1 ms: 2,000/s once read as "no limit" (the interval rounded to 0)."""
+    starts: list[float] = []
+
+    @any_app.task(name="t.fast_limit", rate_limit="2000/s")
+    async def job() -> None:
+        starts.append(time.monotonic())
+
+    await job.delay_many([() for _ in range(400)])
+    await drain(any_app, concurrency=50)
+    assert len(starts) == 400
+    assert max(starts) - min(starts) >= 399 / 2000 * 0.9

@@ -22,16 +22,18 @@ __all__ = (
 
 
 def create_broker(url: str, *, prefix: str, connect_timeout_s: float) -> Broker:
-    """A broker for ``url``: ``redis://``, ``rediss://``, ``unix://`` or ``memory://``."""
+    """A broker for ``url``: ``redis://``, ``rediss://``, ``unix://``, ``sentinel://`` or
+    ``memory://``."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "memory":
         from .memory import MemoryBroker
 
         return MemoryBroker(url)
-    if scheme in {"redis", "rediss", "unix"}:
+    if scheme in {"redis", "rediss", "unix", "sentinel"}:
         from .redis import RedisBroker
 
         return RedisBroker(url, prefix=prefix, connect_timeout_s=connect_timeout_s)
     raise ConfigurationError(
-        f"unsupported broker URL {redact_url(url)!r}: use redis://, rediss://, unix:// or memory://"
+        f"unsupported broker URL {redact_url(url)!r}: use redis://, rediss://, unix://, "
+        "sentinel:// or memory://"
     )

@@ -41,19 +41,21 @@ class LanePlanner:
 
     def plan(self, queues: Sequence[str], lanes_of: Callable[[str], Sequence[int]],
              count: int) -> tuple[list[Lane], int]:
+        """The lanes to read in order, and how many of the first ones are a share turn's:
+        those together give at most one message, then the normal order follows (a lane
+        may appear in both parts)."""
         order = [(q, p) for q in queues for p in lanes_of(q)]
         if not self.share_every or self._since_share < self.share_every:
-            return order, count
+            return order, 0
         lower = [(q, p) for q in queues for p in lanes_of(q)[1:]]
         if not lower:
-            return order, count
-        # A share turn: one message, from the next lower lane in turn that has one (the
-        # rest of the order follows, so an empty lower lane costs nothing).
+            return order, 0
+        # A share turn: first one message from the next lower lane in turn that has one,
+        # then the rest of the fetch in the normal order -- in the same call.
         turn = self._turn % len(lower)
         self._turn += 1
         self._since_share = 0
-        first = lower[turn:] + lower[:turn]
-        return first + [lane for lane in order if lane not in first], 1
+        return lower[turn:] + lower[:turn] + order, len(lower)
 
     def taken(self, lanes: Sequence[Lane], lanes_of: Callable[[str], Sequence[int]]) -> None:
         """Count messages just taken from queues with several lanes (towards a share)."""

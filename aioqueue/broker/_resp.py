@@ -12,6 +12,16 @@ It speaks just enough RESP2 for what the broker needs: AUTH, SELECT, CLIENT SETN
 commands and EVALSHA. Anything fancier (pub/sub, cluster) stays with redis-py. Blocking
 commands get a connection of their own, so they never stall the shared one.
 
+Behind Redis Sentinel (``locate`` + ``require_master``, see ``_sentinel.py``) every connect
+first asks where the master is and then checks with ``ROLE`` that the node reached is one;
+a ``-READONLY`` reply (a replica, or a demoted master) always closes the socket once the
+replies already received are handed out, and behind Sentinel so do ``-LOADING`` and
+``-MASTERDOWN``: the next command reconnects, through the sentinels. While in use, a
+Sentinel connection also asks again every ``RECHECK_MASTER_S``: when the sentinels name
+another node and that node answers ``ROLE`` as a master, the socket is closed, so an old
+master that wakes up after a failover (and believes itself master until the sentinels
+demote it, ~10 s later) stops taking writes within about a second of the switch.
+
 Invariant: a reply future is registered only together with the bytes of its command, on the
 socket those bytes go to. Anything that could break the pairing (an argument hiredis cannot
 pack, a reply nobody asked for, a stalled server) fails loudly instead, and a socket that
@@ -34,7 +44,7 @@ import functools
 import socket
 import ssl as ssl_module
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import hiredis
@@ -114,11 +124,27 @@ def pack(args: tuple[Any, ...]) -> bytes:
     return packed
 
 
+#: Error replies after which a socket is closed (the next command reconnects): the node is
+#: a replica (or was demoted to one), so the master is elsewhere now.
+_RECONNECT_ON = ("READONLY",)
+#: Behind Sentinel also these: a node loading its data or cut off from its master is one the
+#: sentinels may have replaced; asking them again costs one round trip per connection.
+_RECONNECT_ON_SENTINEL = ("READONLY", "LOADING", "MASTERDOWN")
+#: Behind Sentinel, how often a connection in use asks whether its node is still the master.
+RECHECK_MASTER_S = 1.0
+
+
 class _Protocol(asyncio.Protocol):
     """Matches replies to waiting futures, in order; fails them all when the socket goes."""
 
-    def __init__(self, read_timeout_s: float | None) -> None:
+    def __init__(
+        self, read_timeout_s: float | None, reconnect_on: tuple[str, ...] = _RECONNECT_ON
+    ) -> None:
         self.loop = asyncio.get_running_loop()
+        #: Error replies that retire this socket (see ``_RECONNECT_ON``).
+        self.reconnect_on = reconnect_on
+        #: ``(host, port)`` this socket reached, for callers that must not mix servers.
+        self.address: tuple[str, int] | None = None
         self.reader = hiredis.Reader()
         self.waiting: deque[asyncio.Future[Any]] = deque()
         #: Commands not yet written; flushed once per loop iteration.
@@ -152,6 +178,7 @@ class _Protocol(asyncio.Protocol):
         self.last_progress = self.loop.time()
         self.reader.feed(data)
         waiting = self.waiting
+        retire: str | None = None
         while True:
             try:
                 reply = self.reader.gets()
@@ -159,7 +186,16 @@ class _Protocol(asyncio.Protocol):
                 self.abort(ConnectionError(f"unparseable data from Redis: {exc}"))
                 return
             if reply is False:
+                if retire is not None:
+                    # This node is no (usable) master: the replies already here were handed
+                    # out; close before any new command can pick this socket.
+                    self.abort(ConnectionResetError(
+                        f"Redis answered {retire[:60]!r}: reconnecting to the master"))
                 return
+            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(
+                self.reconnect_on
+            ):
+                retire = str(reply)
             if not waiting:
                 # Never happens with a well-behaved server; if it does, which reply belongs
                 # to whom is unknowable, so stop rather than hand out wrong replies.
@@ -280,6 +316,13 @@ class RespConnection:
         is closed. ``None`` disables it. A connection for blocking commands (``BLOCK``,
         ``BLMPOP``) must allow their longest block on top. The default is only a backstop.
     :param client_name: sent as ``CLIENT SETNAME`` in the handshake (shows in CLIENT LIST).
+    :param locate: called at every connect for the ``(host, port)`` to reach, instead of
+        ``host``/``port`` (Sentinel: the current master); what it raises fails the connect.
+        Its argument is how old a cached answer may be: 0 at a connect, and
+        ``RECHECK_MASTER_S`` for the periodic check of a connection in use.
+    :param require_master: end the handshake with ``ROLE`` and refuse (``ConnectionError``)
+        a node that is not a master; ``-LOADING``/``-MASTERDOWN`` replies then close the
+        socket too, like ``-READONLY`` always does.
     """
 
     def __init__(
@@ -295,6 +338,8 @@ class RespConnection:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float | None = 30.0,
         client_name: str | None = None,
+        locate: Callable[[float], Awaitable[tuple[str, int]]] | None = None,
+        require_master: bool = False,
     ) -> None:
         if read_timeout_s is not None and not read_timeout_s > 0:
             raise ValueError(f"read_timeout_s must be > 0 or None, not {read_timeout_s!r}")
@@ -310,6 +355,12 @@ class RespConnection:
             handshake.append(("SELECT", db))
         if client_name is not None:
             handshake.append(("CLIENT", "SETNAME", client_name))
+        if require_master:
+            handshake.append(("ROLE",))  # last: checked in _shake_hands
+        self._locate = locate
+        self._recheck_at = 0.0
+        self._recheck: asyncio.Task[None] | None = None
+        self._reconnect_on = _RECONNECT_ON_SENTINEL if require_master else _RECONNECT_ON
         # Packed once here, so a bad setting fails at construction rather than at each connect.
         self._handshake = [(command[0], pack(command)) for command in handshake]
         self._protocol: _Protocol | None = None
@@ -321,10 +372,22 @@ class RespConnection:
         p = self._protocol
         return p is not None and p.lost is None
 
-    async def _open(self) -> _Protocol:
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """``(host, port)`` of the open TCP socket (``None`` when closed, or on a unix one)."""
+        p = self._protocol
+        return p.address if p is not None and p.lost is None else None
+
+    async def _open(self, address: tuple[str, int] | None = None) -> _Protocol:
         loop = asyncio.get_running_loop()
         host, port, path, ssl = self._target
-        factory = functools.partial(_Protocol, self._read_timeout_s)
+        if address is not None:
+            host, port = address
+        elif self._locate is not None:
+            # Bounded on its own (each sentinel asked has the connect timeout), so a
+            # black-holed first sentinel leaves the next ones their chance.
+            host, port = await self._locate(0.0)
+        factory = functools.partial(_Protocol, self._read_timeout_s, self._reconnect_on)
         protocol: _Protocol | None = None
         try:
             async with asyncio.timeout(self._connect_timeout_s):
@@ -332,6 +395,7 @@ class RespConnection:
                     _, protocol = await loop.create_unix_connection(factory, path)
                 else:
                     _, protocol = await loop.create_connection(factory, host, port, ssl=ssl)
+                    protocol.address = (host, port)
                 if self._handshake:
                     await self._shake_hands(protocol)
         except BaseException as exc:
@@ -365,6 +429,15 @@ class RespConnection:
                 # Keep the server's text first: callers match on it ("LOADING", "WRONGPASS").
                 exc.add_note(f"while connecting to Redis ({name})")
                 raise exc
+        if self._handshake[-1][0] == "ROLE":
+            role = futures[-1].result()
+            if not (isinstance(role, list) and role and role[0] == b"master"):
+                # A replica (a demoted master, or the sentinels have not noticed the
+                # failover yet): never used read-only. A connection error, so callers retry.
+                what = role[0] if isinstance(role, list) and role else role
+                what = what.decode(errors="replace") if isinstance(what, bytes) else what
+                where = "" if protocol.address is None else " at {}:{}".format(*protocol.address)
+                raise ConnectionError(f"the Redis node{where} is {what!r}, not the master")
 
     def _connected(self, task: asyncio.Task[_Protocol]) -> None:
         # Runs when a connect attempt ends, whether or not anyone still waits for it: so a
@@ -413,6 +486,8 @@ class RespConnection:
         protocol = self._protocol
         if protocol is None or protocol.lost is not None:
             protocol = await self._ready()
+        if self._locate is not None:
+            self._maybe_recheck(protocol)
         future: asyncio.Future[Any] = protocol.loop.create_future()
         protocol.send(data, (future,))
         return await future
@@ -435,6 +510,8 @@ class RespConnection:
         protocol = self._protocol
         if protocol is None or protocol.lost is not None:
             protocol = await self._ready()
+        if self._locate is not None:
+            self._maybe_recheck(protocol)
         loop = protocol.loop
         futures = [loop.create_future() for _ in commands]
         protocol.send(b"".join(packed), futures)
@@ -449,6 +526,36 @@ class RespConnection:
             if error is not None:
                 raise error
         return [future.result() for future in futures]
+
+    # -- Sentinel: is this socket's node still the master? ----------------------------------
+    def _maybe_recheck(self, protocol: _Protocol) -> None:
+        now = protocol.loop.time()
+        if now >= self._recheck_at and self._recheck is None and protocol.address is not None:
+            self._recheck_at = now + RECHECK_MASTER_S
+            self._recheck = protocol.loop.create_task(self._recheck_master(protocol))
+            self._recheck.add_done_callback(self._rechecked)
+
+    async def _recheck_master(self, protocol: _Protocol) -> None:
+        assert self._locate is not None
+        try:
+            address = await self._locate(RECHECK_MASTER_S)
+            if address == protocol.address or protocol.lost is not None:
+                return
+            # The sentinels name another node: believe them only if it says it is a master
+            # (the handshake's ROLE check), so one stale sentinel cannot make us drop a
+            # good socket every second.
+            probe = await self._open(address)
+        except (OSError, RespError):
+            return  # cannot tell: keep the socket; a real loss is seen when it comes
+        probe.abort(ConnectionError("only a probe"), graceful=True)
+        protocol.abort(ConnectionResetError(
+            f"the sentinels name {address[0]}:{address[1]} as the master now: reconnecting"))
+
+    def _rechecked(self, task: asyncio.Task[None]) -> None:
+        if self._recheck is task:
+            self._recheck = None
+        if not task.cancelled():
+            task.exception()  # _recheck_master catches what it expects; never left unread
 
     async def evalsha(self, script: str, sha: str, keys: list[Any], args: list[Any]) -> Any:
         """Run a Lua script by hash, loading it once on ``NOSCRIPT``."""
@@ -472,6 +579,7 @@ class RespConnection:
         would stay open until garbage collection (and warn then).
         """
         connecting, self._connecting = self._connecting, None
+        self._recheck = None  # a task of the closed loop, like ``connecting``
         protocol, self._protocol = self._protocol, None
         transports = [] if protocol is None or protocol.transport is None else [
             protocol.transport]
@@ -491,9 +599,11 @@ class RespConnection:
         Not final: a later command opens a new socket.
         """
         connecting, self._connecting = self._connecting, None
-        if connecting is not None:
-            connecting.cancel()
-            await asyncio.wait((connecting,))  # its socket is closed once it has ended
+        recheck, self._recheck = self._recheck, None
+        for task in (connecting, recheck):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait((task,))  # its socket is closed once it has ended
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
             protocol.abort(ConnectionError("connection closed by the client"), graceful=True)

@@ -9,6 +9,10 @@ a :class:`~aioqueue.errors.ConfigurationError` rather than silently ignored.
 
 :func:`redact_url` is the one way a URL is printed: passwords (in the userinfo or in a
 ``?password=`` option) become ``***``.
+
+``sentinel://[user:password@]host1[:26379],host2,.../MASTER_NAME[/DB]?sentinel_password=...``
+names Redis Sentinel's sentinels instead of one server; the spelling is described in
+``_sentinel.py``, and :attr:`RedisTarget.sentinel` carries it to both clients.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ import re
 import ssl as ssl_module
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlsplit
 
 from ..errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._sentinel import Sentinels
 
 __all__ = ("RedisTarget", "parse_redis_url", "redact_url")
 
@@ -42,9 +49,11 @@ _IGNORED = frozenset(
     {"max_connections", "health_check_interval", "retry_on_timeout", "socket_keepalive",
      "single_connection_client"}
 )
+#: Options of sentinel:// URLs only (see ``_sentinel.py``).
+_SENTINEL_OPTIONS = frozenset({"sentinel_username", "sentinel_password", "master_name"})
 _OPTIONS = frozenset(
     {"db", "password", "username", "socket_timeout", "socket_connect_timeout", "client_name"}
-    | _SSL_OPTIONS | _IGNORED
+    | _SSL_OPTIONS | _IGNORED | _SENTINEL_OPTIONS
 )
 
 
@@ -56,6 +65,10 @@ class RedisTarget:
     options (``None`` for ``redis://`` and ``unix://``); the options themselves are kept
     for redis-py, which builds its own context from them. The password never shows in the
     repr; :attr:`display_url` is the URL with it masked.
+
+    ``sentinel`` is set for a ``sentinel://`` URL: the master is then found through the
+    sentinels at each connect, and ``host``/``port`` are not used; ``username``,
+    ``password`` and ``db`` are the master's.
     """
 
     display_url: str
@@ -74,6 +87,7 @@ class RedisTarget:
     connect_timeout_s: float = 5.0
     read_timeout_s: float | None = 30.0
     client_name: str | None = None
+    sentinel: Sentinels | None = None
 
     def resp_options(self, *, extra_read_timeout_s: float = 0.0) -> dict[str, Any]:
         """Keyword arguments for :class:`~aioqueue.broker._resp.RespConnection`.
@@ -85,6 +99,13 @@ class RedisTarget:
         read_timeout_s = self.read_timeout_s
         if read_timeout_s is not None:
             read_timeout_s += extra_read_timeout_s
+        if self.sentinel is not None:
+            # Every (re)connect asks the sentinels, and refuses a node that is no master.
+            return {**self._resp_options(read_timeout_s),
+                    "locate": self.sentinel.master_address, "require_master": True}
+        return self._resp_options(read_timeout_s)
+
+    def _resp_options(self, read_timeout_s: float | None) -> dict[str, Any]:
         return {
             "host": self.host,
             "port": self.port,
@@ -99,7 +120,11 @@ class RedisTarget:
         }
 
     def redis_py_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``redis.asyncio.Redis(...)`` with the same meaning."""
+        """Keyword arguments for ``redis.asyncio.Redis(...)`` with the same meaning.
+
+        For a ``sentinel://`` URL: the master's connection keywords (no host or port), for
+        ``Sentinel(sentinel.addresses, sentinel_kwargs=..., **these).master_for(name)``.
+        """
         kwargs: dict[str, Any] = {
             "db": self.db,
             "username": self.username,
@@ -110,7 +135,7 @@ class RedisTarget:
         }
         if self.path is not None:
             kwargs["unix_socket_path"] = self.path
-        else:
+        elif self.sentinel is None:
             kwargs.update(host=self.host, port=self.port)
         if self.ssl is not None:
             kwargs.update(
@@ -127,7 +152,7 @@ class RedisTarget:
 def parse_redis_url(
     url: str, *, connect_timeout_s: float, read_timeout_s: float | None
 ) -> RedisTarget:
-    """Read a ``redis://``, ``rediss://`` or ``unix://`` URL.
+    """Read a ``redis://``, ``rediss://``, ``unix://`` or ``sentinel://`` URL.
 
     ``connect_timeout_s`` and ``read_timeout_s`` are the defaults; the URL's
     ``socket_connect_timeout`` and ``socket_timeout`` override them.
@@ -143,12 +168,12 @@ def parse_redis_url(
 
     try:
         parts = urlsplit(url)
-        port = parts.port
+        port = None if parts.scheme.lower() == "sentinel" else parts.port  # sentinel: a list
     except ValueError as exc:
         raise bad(f"malformed ({exc})") from None
     scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss", "unix"):
-        raise bad("the scheme must be redis://, rediss:// or unix://")
+    if scheme not in ("redis", "rediss", "unix", "sentinel"):
+        raise bad("the scheme must be redis://, rediss://, unix:// or sentinel://")
 
     options: dict[str, str] = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -159,8 +184,12 @@ def parse_redis_url(
             raise bad(f"option {name!r} is given twice")
         if value and name not in _IGNORED:  # as in redis-py, empty means "not given"
             options[name] = value
+    if scheme == "sentinel" and (misplaced := sorted(options.keys() & _SSL_OPTIONS)):
+        raise bad(f"option {misplaced[0]!r}: TLS is not supported with sentinel:// yet")
     if scheme != "rediss" and (misplaced := sorted(options.keys() & _SSL_OPTIONS)):
         raise bad(f"option {misplaced[0]!r} needs a rediss:// URL")
+    if scheme != "sentinel" and (misplaced := sorted(options.keys() & _SENTINEL_OPTIONS)):
+        raise bad(f"option {misplaced[0]!r} needs a sentinel:// URL")
 
     def seconds(name: str) -> float | None:
         if name not in options:
@@ -174,7 +203,10 @@ def parse_redis_url(
         return value
 
     db_text = options.get("db")
-    if db_text is None and scheme != "unix":
+    if scheme == "sentinel":
+        addresses, master_name, path_db = _sentinel_parts(parts, options, bad)
+        db_text = path_db if db_text is None else db_text
+    elif db_text is None and scheme != "unix":
         db_text = parts.path.strip("/") or "0"  # redis://host:6379/2, as redis-py reads it
     if db_text is not None and not (db_text.isascii() and db_text.isdigit()):
         raise bad("option 'db' (or the path) must be a database number")
@@ -193,10 +225,21 @@ def parse_redis_url(
     ssl_settings: dict[str, Any] = {}
     if scheme == "rediss":
         ssl_context, ssl_settings = _ssl_context(options, bad)
+    sentinel: Sentinels | None = None
+    if scheme == "sentinel":
+        from ._sentinel import Sentinels  # here: plain URLs need no RESP code to be parsed
+
+        # One question to a sentinel: its answer is quick, or that sentinel is no help.
+        ask_s = connect_timeout_s if connect_s is None else connect_s
+        sentinel = Sentinels(
+            addresses, master_name, username=options.get("sentinel_username"),
+            password=options.get("sentinel_password"), connect_timeout_s=ask_s,
+            read_timeout_s=ask_s,
+        )
 
     return RedisTarget(
         display_url=display_url,
-        host=unquote(parts.hostname or "") or "localhost",
+        host="" if sentinel else unquote(parts.hostname or "") or "localhost",
         port=port or 6379,
         path=path,
         db=int(db_text or 0),
@@ -207,8 +250,44 @@ def parse_redis_url(
         connect_timeout_s=connect_timeout_s if connect_s is None else connect_s,
         read_timeout_s=read_timeout_s if read_s is None else read_s,
         client_name=client_name,
+        sentinel=sentinel,
         **ssl_settings,
     )
+
+
+def _sentinel_parts(
+    parts: SplitResult, options: dict[str, str], bad: Callable[[str], ConfigurationError]
+) -> tuple[tuple[tuple[str, int], ...], str, str | None]:
+    """The sentinels' addresses, the master's name and the database (if in the path) of a
+    ``sentinel://`` URL (the spelling is in ``_sentinel.py``)."""
+    from ._sentinel import DEFAULT_SENTINEL_PORT
+
+    spelling = "sentinel://[user:password@]host1:26379,host2:26379/MASTER_NAME[/DB]"
+    netloc = parts.netloc.rpartition("@")[2]
+    if ";" in netloc:
+        raise bad(f"list every sentinel in one URL: {spelling} (Celery's spelling, "
+                  "'sentinel://h1;sentinel://h2' with master_name in its transport options, "
+                  "is not read)")
+    addresses: list[tuple[str, int]] = []
+    for item in netloc.split(","):
+        try:
+            one = urlsplit(f"//{item}")
+            host, port = unquote(one.hostname or ""), one.port
+        except ValueError as exc:
+            raise bad(f"sentinel {item!r} is malformed ({exc})") from None
+        if not host:
+            raise bad(f"a sentinel without a host in the list: {spelling}")
+        addresses.append((host, port or DEFAULT_SENTINEL_PORT))
+    path = parts.path.strip("/")
+    segments = [unquote(segment) for segment in path.split("/")] if path else []
+    master_name = options.get("master_name")
+    if master_name is None:
+        if not segments or not segments[0]:
+            raise bad(f"the master's name is missing: {spelling}")
+        master_name = segments.pop(0)
+    if len(segments) > 1:
+        raise bad(f"the path has too many parts: {spelling}")
+    return tuple(addresses), master_name, (segments[0] if segments else None) or "0"
 
 
 def _ssl_context(
@@ -251,8 +330,10 @@ def _ssl_context(
     return context, settings
 
 
-#: ``host``, ``host:port``, ``[v6]`` or ``[v6]:port``: an authority with no userinfo in it.
-_HOST_PORT = re.compile(r"(\[[^\]]*\]|[^:@\[\]]*)(:\d*)?")
+#: ``host``, ``host:port``, ``[v6]`` or ``[v6]:port``: an authority with no userinfo in it;
+#: or a comma-separated list of them (``sentinel://``).
+_ONE_HOST = r"(?:\[[^\]]*\]|[^:@\[\],]*)(?::\d*)?"
+_HOST_PORT = re.compile(rf"{_ONE_HOST}(?:,{_ONE_HOST})*")
 
 
 def redact_url(url: str) -> str:

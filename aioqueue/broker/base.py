@@ -227,10 +227,10 @@ class Broker(Protocol):
         re-encodes the message under another id (a debounce joining a waiting task)."""
         ...
 
-    async def admit(self, delivery: Delivery, admission: Admission, payload: bytes,
-                    lease_s: float) -> bool:
-        """Take a rate reservation and a concurrency slot for a run; True to run it now.
-        False: it was acknowledged and parked in Redis, in the same step."""
+    async def admit_many(self, runs: Sequence[tuple[Delivery, Admission]],
+                         lease_s: float) -> list[bool]:
+        """Take a rate reservation and a concurrency slot for each run, in one step; True
+        to run it now. False: it was acknowledged and parked in Redis, in the same step."""
         ...
 
     async def renew_slots(self, held: Sequence[tuple[str, str]], lease_s: float) -> None:
@@ -276,6 +276,11 @@ class Broker(Protocol):
 
     async def delete_result(self, task_id: str) -> None:
         """Delete a stored result record."""
+        ...
+
+    async def compare_and_set_result(self, task_id: str, record: bytes,
+                                     expected: bytes | None, ttl_s: float) -> bool:
+        """Store ``record`` only if the stored record is still ``expected`` (None: none)."""
         ...
 
     def abandon(self) -> None:

@@ -181,11 +181,13 @@ class MemoryBroker:
     def _take(self, queues: Sequence[str], consumer: str, count: int) -> list[Delivery]:
         out: list[Delivery] = []
         now = time.monotonic()
-        lanes, count = self.lanes.plan(queues, self.lanes_of, count)
-        for name, priority in lanes:
+        lanes, share = self.lanes.plan(queues, self.lanes_of, count)
+        for i, (name, priority) in enumerate(lanes):
             q = self._queues[name]
             ready = q.lane(priority)
-            while ready and len(out) < count:
+            # As fetch.lua: the first `share` lanes together give at most one message.
+            want = count if i >= share else (len(out) + 1 if not out else len(out))
+            while ready and len(out) < min(count, want):
                 entry_id, payload = ready.popitem(last=False)
                 q.pending[entry_id] = _Pending(consumer, payload, now, 1, priority)
                 out.append(Delivery(name, entry_id, payload, 1, priority))
@@ -338,8 +340,12 @@ class MemoryBroker:
         self._notify()
         return None
 
-    async def admit(self, delivery: Delivery, admission: Admission, payload: bytes,
-                    lease_s: float) -> bool:
+    async def admit_many(self, runs: Sequence[tuple[Delivery, Admission]],
+                         lease_s: float) -> list[bool]:
+        return [self._admit(delivery, admission, lease_s) for delivery, admission in runs]
+
+    def _admit(self, delivery: Delivery, admission: Admission, lease_s: float) -> bool:
+        payload = delivery.payload
         now = time.time()
         reserved = False
         q = self._queues[delivery.queue]
@@ -351,7 +357,8 @@ class MemoryBroker:
             else:
                 at = max(self._rate_next.get(rate, 0.0), now)
                 self._rate_next[rate] = at + admission.rate_interval_s
-                if at > now + 0.0005:  # Redis counts in whole ms
+                # As admit.lua: due within 10 ms runs now.
+                if at > now + 0.010:
                     self._rate_grants.add(grant)
                     q.pending.pop(delivery.message_id, None)
                     heapq.heappush(q.delayed, (at, next(self._ids), delivery.priority, payload))
@@ -428,6 +435,13 @@ class MemoryBroker:
 
     async def set_result(self, task_id: str, record: bytes, ttl_s: float) -> None:
         self._results[task_id] = (record, time.time() + ttl_s)
+
+    async def compare_and_set_result(self, task_id: str, record: bytes,
+                                     expected: bytes | None, ttl_s: float) -> bool:
+        if await self.get_result(task_id) != expected:
+            return False
+        await self.set_result(task_id, record, ttl_s)
+        return True
 
     def abandon(self) -> None:
         """Nothing to close: no sockets."""

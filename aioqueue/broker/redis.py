@@ -15,6 +15,13 @@ Blocking reads (``XREADGROUP ... BLOCK``, ``BLMPOP``) each run on a dedicated co
 are never cancelled mid-call: a cancelled read may already have been served. To stop one
 early we send ``CLIENT UNBLOCK`` from another connection, which makes the server answer
 "nothing".
+
+Behind Redis Sentinel (``sentinel://``, see ``_sentinel.py``) every RESP connection asks the
+sentinels for the master at each (re)connect (and once a second while in use) and checks its
+role; ``READONLY`` (a demoted master) counts as "not now" like ``LOADING``, and its socket is
+dropped, so every retry loop (producers, fetch, settle, the result listener, beat) follows
+a failover through its usual reconnect. Pub/sub uses redis-py's
+``Sentinel(...).master_for(...)``: a resubscription asks the sentinels.
 """
 
 from __future__ import annotations
@@ -61,7 +68,7 @@ _CONNECTION_ERRORS = (
     redis_errors.ConnectionError, redis_errors.TimeoutError, ConnectionError, TimeoutError, OSError
 )
 #: Error replies that mean "not now" rather than "no" (redis-py retries these too).
-_TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN")
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "READONLY")
 #: Dead-letter streams are capped so a flood of poison messages cannot fill Redis.
 DEAD_LETTER_MAXLEN = 100_000
 #: XPENDING IDLE and LPOP with a count need 6.2; BLMPOP (7.0) has a fallback for 6.2.
@@ -81,6 +88,7 @@ _MOVE_DUE, _PRUNE, _REVOKE = script("move_due"), script("prune_consumers"), scri
 _LEASE, _RELEASE, _REQUEUE = script("lease"), script("release"), script("requeue_dead")
 _PURGE = script("purge_queue")
 _GATE, _ADMIT, _PROMOTE = script("gate"), script("admit"), script("promote_slots")
+_CAS_RESULT = script("cas_result")
 #: Control answers wait this long for the asker to read them.
 CONTROL_REPLY_TTL_S = 60.0
 
@@ -125,6 +133,12 @@ class _Blocking:
             self.busy = False
 
     async def unblock(self, via: RespConnection) -> None:
+        here, there = self.conn.address, via.address
+        if here is not None and there is not None and here != there:
+            # Client ids are per server: in a failover the two connections may reach
+            # different ones, and there this id names a stranger. The read returns at
+            # its own timeout.
+            return
         if self.busy and self.client_id is not None:
             # On failure the blocked read simply returns at its own timeout.
             with contextlib.suppress(*_CONNECTION_ERRORS, RespError):
@@ -174,6 +188,8 @@ class RedisBroker:
         self._log_reader: _Blocking | None = None
         # Pub/sub only; typed as Any because redis-py's stubs type replies as bytes | str.
         self._pubsub_client: Any = None
+        #: redis-py's Sentinel manager behind ``_pubsub_client`` (sentinel:// only).
+        self._pubsub_sentinel: Any = None
         self._known_groups: set[str] = set()
         self._checked_server = False
         #: False on a server without BLMPOP (found at the first wait): BLPOP + LPOP instead.
@@ -231,6 +247,9 @@ class RedisBroker:
     async def connect(self) -> None:
         await self._run("PING")
         if not self._checked_server:
+            if self.target.sentinel is not None and (address := self._hot.address):
+                log.info("Redis Sentinel: %s is at %s:%s", self.target.sentinel.describe(),
+                         *address)
             await self._check_server()
 
     async def _check_server(self) -> None:
@@ -278,6 +297,9 @@ class RedisBroker:
         if self._pubsub_client is not None:
             await self._pubsub_client.aclose()
             self._pubsub_client = None
+        if self._pubsub_sentinel is not None:
+            await self._pubsub_sentinel.aclose()
+            self._pubsub_sentinel = None
 
     # -- producing -------------------------------------------------------------------------
     def _add_command(self, item: Enqueue) -> tuple[Any, ...]:
@@ -374,6 +396,9 @@ class RedisBroker:
             if "NOGROUP" in str(exc):
                 self._known_groups.clear()
                 return None
+            if str(exc).startswith(_TRANSIENT_REPLIES):  # READONLY: a failover under way
+                raise BrokerConnectionError(
+                    f"Redis at {self.display_url} is not ready: {exc}") from exc
             raise self._refused(str(command[0]), exc) from exc
 
     def _block_ms(self, timeout_s: float) -> int:
@@ -399,27 +424,29 @@ class RedisBroker:
         # Several streams (queues, or priority lanes of one): COUNT would apply to each,
         # handing out count x streams messages. A script takes at most ``count`` over all
         # of them, in the order planned (highest priority first; see _lanes.py).
-        lanes, count = self.lanes.plan(queues, self.lanes_of, count)
-        got, last_ids = await self._take(lanes, consumer, count)
+        lanes, share = self.lanes.plan(queues, self.lanes_of, count)
+        got, last_ids = await self._take(lanes, consumer, count, share)
         if got or not last_ids or timeout_s <= 0:
             return got
         # Nothing ready: wait (without taking anything) for the first message added after
-        # what the group has delivered, then take again.
-        streams = [self.keys.stream(q, p) for q, p in lanes]
+        # what the group has delivered, then take again. (A lane listed twice, by a share
+        # turn, is waited on once.)
+        last = dict(zip((self.keys.stream(q, p) for q, p in lanes), last_ids, strict=True))
         await self._blocking_read("XREAD", "COUNT", 1, "BLOCK", self._block_ms(timeout_s),
-                                  "STREAMS", *streams, *last_ids)
-        lanes, count = self.lanes.plan(queues, self.lanes_of, count)
-        got, _ = await self._take(lanes, consumer, count)
+                                  "STREAMS", *last.keys(), *last.values())
+        lanes, share = self.lanes.plan(queues, self.lanes_of, count)
+        got, _ = await self._take(lanes, consumer, count, share)
         return got
 
     async def _take(
-        self, lanes: Sequence[tuple[str, int]], consumer: str, count: int
+        self, lanes: Sequence[tuple[str, int]], consumer: str, count: int, share: int = 0,
     ) -> tuple[list[Delivery], list[bytes]]:
         """New messages, and when there are none, the last-delivered id of each stream (to
         wait for the next with XREAD BLOCK)."""
         streams = [self.keys.stream(q, p) for q, p in lanes]
         try:
-            found, body = await self._eval(_FETCH, streams, [CONSUMER_GROUP, consumer, count])
+            found, body = await self._eval(_FETCH, streams,
+                                           [CONSUMER_GROUP, consumer, count, share])
         except BrokerError as exc:
             if "NOGROUP" in str(exc):
                 self._known_groups.clear()
@@ -588,20 +615,24 @@ class RedisBroker:
             payload = build(task_id)
         raise BrokerError(f"debounce {gate.key!r}: too many concurrent calls, try again")
 
-    async def admit(self, delivery: Delivery, admission: Admission, payload: bytes,
-                    lease_s: float) -> bool:
-        keys_, slot = self.keys, admission.slot_key or ""
-        rate = admission.rate_key or ""
-        keys = [keys_.stream(delivery.queue, delivery.priority),
-                keys_.delayed(delivery.queue, delivery.priority),
-                keys_.rate(rate), keys_.rate_grant(rate, admission.task_id),
-                keys_.slots(slot), keys_.slot_waiting(slot), keys_.slot_keys]
-        reply = await self._eval(_ADMIT, keys, [
-            CONSUMER_GROUP, delivery.message_id, admission.task_id, payload,
-            int(admission.rate_interval_s * 1000) if admission.rate_key else 0,
-            admission.slot_max if admission.slot_key else 0,
-            max(1, int(lease_s * 1000)), slot])
-        return int(reply[0]) == 0
+    async def admit_many(self, runs: Sequence[tuple[Delivery, Admission]],
+                         lease_s: float) -> list[bool]:
+        keys_: Keys = self.keys
+        keys: list[str] = []
+        args: list[Any] = [CONSUMER_GROUP, max(1, int(lease_s * 1000))]
+        for delivery, admission in runs:
+            slot, rate = admission.slot_key or "", admission.rate_key or ""
+            keys += (keys_.stream(delivery.queue, delivery.priority),
+                     keys_.delayed(delivery.queue, delivery.priority),
+                     keys_.rate(rate), keys_.rate_grant(rate, admission.task_id),
+                     keys_.slots(slot), keys_.slot_waiting(slot), keys_.slot_keys)
+            # The interval in ms with a fraction: int() made any rate above 1,000/s a 0,
+            # which the script reads as "no limit".
+            args += (delivery.message_id, admission.task_id,
+                     repr(admission.rate_interval_s * 1000) if admission.rate_key else 0,
+                     admission.slot_max if admission.slot_key else 0, slot)
+        codes = await self._eval(_ADMIT, keys, args)
+        return [int(code) == 0 for code in codes]
 
     async def renew_slots(self, held: Sequence[tuple[str, str]], lease_s: float) -> None:
         if not held:
@@ -675,6 +706,11 @@ class RedisBroker:
     async def delete_result(self, task_id: str) -> None:
         await self._run("DEL", self.keys.result(task_id))
 
+    async def compare_and_set_result(self, task_id: str, record: bytes,
+                                     expected: bytes | None, ttl_s: float) -> bool:
+        return bool(await self._eval(_CAS_RESULT, [self.keys.result(task_id)],
+                                     [expected or b"", record, max(1, int(ttl_s * 1000))]))
+
     async def publish_progress(self, task_id: str, record: bytes, ttl_s: float,
                                reply_to: str | None) -> None:
         commands: list[tuple[Any, ...]] = [
@@ -745,7 +781,7 @@ class RedisBroker:
 
     async def control_messages(self) -> AsyncIterator[bytes]:
         if self._pubsub_client is None:
-            self._pubsub_client = aioredis.Redis(**self.target.redis_py_kwargs())
+            self._pubsub_client = self._redis_py_client()
         pubsub = self._pubsub_client.pubsub(ignore_subscribe_messages=True)
         try:
             try:
@@ -766,6 +802,18 @@ class RedisBroker:
             with (anyio.CancelScope(shield=True), anyio.move_on_after(1.0),
                   contextlib.suppress(*_CONNECTION_ERRORS, redis_errors.RedisError)):
                 await pubsub.aclose()
+
+    def _redis_py_client(self) -> Any:
+        """The redis-py client for pub/sub: behind Sentinel one whose every new connection
+        asks the sentinels for the master (so a resubscription follows a failover)."""
+        sentinel = self.target.sentinel
+        if sentinel is None:
+            return aioredis.Redis(**self.target.redis_py_kwargs())
+        self._pubsub_sentinel = aioredis.Sentinel(  # type: ignore[no-untyped-call]
+            list(sentinel.addresses), sentinel_kwargs=sentinel.redis_py_sentinel_kwargs(),
+            **self.target.redis_py_kwargs(),
+        )
+        return self._pubsub_sentinel.master_for(sentinel.master_name)
 
     async def queue_sizes(self, queues: Sequence[str]) -> dict[str, tuple[int, int, int]]:
         await self.refresh_lanes(queues)

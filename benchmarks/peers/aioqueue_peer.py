@@ -12,18 +12,20 @@ from benchmarks.peers.base import Peer, fresh_import, venv_bin
 class AioqueuePeer(Peer):
     name = "aioqueue"
     has_batch = True
+    #: The task module the worker loads (``<module>:app``) and the driver imports.
+    tasks_module = "benchmarks.peers.aioqueue_tasks"
 
     def worker_cmd(self, concurrency: int | None) -> tuple[list[str], dict[str, str]]:
         script = venv_bin("aioqueue")
         # Fall back to `python -m aioqueue` if the console script is not installed (yet).
         prefix = [script] if shutil.which(script) else [venv_bin("python"), "-m", "aioqueue"]
-        cmd = [*prefix, "worker", "benchmarks.peers.aioqueue_tasks:app", "-l", "warning"]
+        cmd = [*prefix, "worker", f"{self.tasks_module}:app", "-l", "warning"]
         if concurrency:
             cmd += ["-c", str(concurrency)]
         return cmd, {}
 
     async def connect(self) -> None:
-        self.tasks: Any = fresh_import("benchmarks.peers.aioqueue_tasks")
+        self.tasks: Any = fresh_import(self.tasks_module)
 
     async def close(self) -> None:
         await self.tasks.app.close()
@@ -60,3 +62,12 @@ class AioqueueEventsPeer(AioqueuePeer):
     def worker_cmd(self, concurrency: int | None) -> tuple[list[str], dict[str, str]]:
         cmd, env = super().worker_cmd(concurrency)
         return [*cmd, "-E"], env
+
+
+class AioqueueFlowPeer(AioqueuePeer):
+    """The worker and tasks of the "Flow control costs" section (``benchmarks/_flow.py``):
+    aioqueue's default worker on ``aioqueue_flow_tasks``, which adds the flow-control
+    variants of the no-op. Not a column of the main table."""
+
+    name = "aioqueue (flow control)"
+    tasks_module = "benchmarks.peers.aioqueue_flow_tasks"
