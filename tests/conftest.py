@@ -53,12 +53,8 @@ def backend_server() -> Iterator[Any]:
     """A second redis-server: a result backend on another server than the broker."""
     from aioqueue.testing import RedisServer  # registered as a plugin above: import late
 
-    server = RedisServer()
-    server.start()
-    try:
+    with RedisServer() as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture
