@@ -106,7 +106,8 @@ def test_redact_masks_both_passwords(url: str, shown: str) -> None:
 class SentinelProcess:
     """``redis-server CONF --sentinel`` on a free loopback port, watching one master."""
 
-    def __init__(self, master_port: int, *, password: str | None = None) -> None:
+    def __init__(self, master_port: int, *, password: str | None = None,
+                 master_password: str | None = None) -> None:
         binary = shutil.which("redis-sentinel") or shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found on PATH: run `make test`")
@@ -121,6 +122,8 @@ class SentinelProcess:
             f"sentinel failover-timeout {MASTER} 3000",
             f"sentinel parallel-syncs {MASTER} 1",
         ]
+        if master_password is not None:
+            lines.append(f"sentinel auth-pass {MASTER} {master_password}")
         if password is not None:
             lines.append(f"requirepass {password}")
         self.password = password
@@ -168,17 +171,26 @@ class SentinelSet:
     """A master, its replica and three sentinels, ready: the sentinels know each other and
     the replica, and the replica is in sync."""
 
-    def __init__(self, *, sentinel_password: str | None = None) -> None:
+    def __init__(self, *, sentinel_password: str | None = None,
+                 master_password: str | None = None) -> None:
         self.master = RedisServer()
         self.replica: RedisServer | None = None
         self.sentinels: list[SentinelProcess] = []
         self.sentinel_password = sentinel_password
+        self.master_password = master_password
 
     def start(self) -> None:
         self.master.start()
-        self.replica = RedisServer(extra_args=("--replicaof", "127.0.0.1", str(self.master.port)))
+        replica_args: tuple[str, ...] = ("--replicaof", "127.0.0.1", str(self.master.port))
+        if self.master_password is not None:
+            # Set after the start: RedisServer waits for a PING that needs no password.
+            reply = self.master.command("CONFIG", "SET", "requirepass", self.master_password)
+            assert reply == b"+OK", reply
+            replica_args += ("--masterauth", self.master_password)
+        self.replica = RedisServer(extra_args=replica_args)
         self.replica.start()
-        self.sentinels = [SentinelProcess(self.master.port, password=self.sentinel_password)
+        self.sentinels = [SentinelProcess(self.master.port, password=self.sentinel_password,
+                                          master_password=self.master_password)
                           for _ in range(3)]
         for sentinel in self.sentinels:
             sentinel.start()
@@ -204,7 +216,8 @@ class SentinelSet:
     def url(self, db: int = 0) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
         query = f"?sentinel_password={self.sentinel_password}" if self.sentinel_password else ""
-        return f"sentinel://{hosts}/{MASTER}/{db}{query}"
+        login = f":{self.master_password}@" if self.master_password else ""
+        return f"sentinel://{login}{hosts}/{MASTER}/{db}{query}"
 
     def cleanup(self) -> None:
         for sentinel in self.sentinels:
@@ -217,7 +230,7 @@ class SentinelSet:
 
 @pytest.fixture
 def sentinel_set(request: pytest.FixtureRequest) -> Iterator[SentinelSet]:
-    servers = SentinelSet(sentinel_password=getattr(request, "param", None))
+    servers = SentinelSet(**getattr(request, "param", {}))
     try:
         servers.start()
         yield servers
@@ -258,19 +271,24 @@ async def apps() -> AsyncIterator[list[AioQueue]]:
 
 
 # -- through the sentinels -----------------------------------------------------------------
-@pytest.mark.parametrize("sentinel_set", ["sentinel-secret"], indirect=True)
+@pytest.mark.parametrize(
+    "sentinel_set", [{"sentinel_password": "sentinel-secret", "master_password": "master-secret"}],
+    indirect=True,
+)
 async def test_round_trip_through_sentinel(sentinel_set: SentinelSet,
                                            apps: list[AioQueue]) -> None:
-    """delay -> worker -> result, with the sentinels behind a password of their own; data
-    and pub/sub both on the master the sentinels named, none on the replica."""
+    """delay -> worker -> result, with a password for the master and another one for the
+    sentinels; data and pub/sub both on the master the sentinels named."""
     url = sentinel_set.url(db=2)
     producer, worker_app = make_app(url), make_app(url)
     apps += [producer, worker_app]
-    async with worker_app.worker(concurrency=4):
-        handles = [await producer.tasks["sentinel.record"].delay(i) for i in range(20)]
-        assert sorted([await h.get(timeout=10) for h in handles]) == list(range(20))
-    master = aioredis.Redis(port=sentinel_set.master.port, db=2)
+    master = aioredis.Redis(port=sentinel_set.master.port, db=2, password="master-secret")
     try:
+        async with worker_app.worker(concurrency=4):
+            handles = [await producer.tasks["sentinel.record"].delay(i) for i in range(20)]
+            assert sorted([await h.get(timeout=10) for h in handles]) == list(range(20))
+            # The worker's control channel (redis-py through the sentinels) is on the master.
+            assert (await master.pubsub_numsub("aioqueue:control"))[0][1] >= 1
         assert await master.exists("aioqueue:{default}:stream") == 1
         assert (await master.execute_command("ROLE"))[0] == b"master"
     finally:

@@ -257,9 +257,9 @@ def parse_redis_url(
 
 def _sentinel_parts(
     parts: SplitResult, options: dict[str, str], bad: Callable[[str], ConfigurationError]
-) -> tuple[tuple[tuple[str, int], ...], str, str | None]:
-    """The sentinels' addresses, the master's name and the database (if in the path) of a
-    ``sentinel://`` URL (the spelling is in ``_sentinel.py``)."""
+) -> tuple[tuple[tuple[str, int], ...], str, str]:
+    """The sentinels' addresses, the master's name and the database (from the path, "0"
+    when it has none) of a ``sentinel://`` URL (the spelling is in ``_sentinel.py``)."""
     from ._sentinel import DEFAULT_SENTINEL_PORT
 
     spelling = "sentinel://[user:password@]host1:26379,host2:26379/MASTER_NAME[/DB]"
