@@ -516,6 +516,10 @@ def _transport_options(t: _Translation, value: Any, label: str) -> None:
             t.settings["key_prefix"] = str(option).rstrip(":") or str(option)
         elif key in ("socket_timeout", "socket_connect_timeout", "socket_keepalive"):
             t.note(label, f"{key}: put it in broker_url's query string")
+        elif key in ("master_name", "sentinel_kwargs"):
+            t.note(label, f"{key}: Sentinel is one URL here, "
+                          "broker_url = 'sentinel://:PASSWORD@h1:26379,h2:26379/MASTER_NAME/0"
+                          "?sentinel_password=...'")
         else:
             t.note(label, f"{key}: no effect ({_family_notice('broker_')})")
 

@@ -691,3 +691,9 @@ def test_the_dashboards_environment_variables_are_not_settings(
         monkeypatch.setenv(name, "secret")
     app = AioQueue("dash", broker="memory://")
     assert app.conf.broker_url == "memory://"
+
+
+def test_celerys_sentinel_transport_options_point_to_the_url() -> None:
+    app = AioQueue("sentinel", broker="memory://")
+    app.config_from_object({"broker_transport_options": {"master_name": "mymaster"}})
+    assert "sentinel://" in " ".join(app.config_notices)
