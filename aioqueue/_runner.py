@@ -384,7 +384,8 @@ class TaskRunner:
         if delivery.deliveries > self.max_deliveries:
             error = DeadLettered(
                 f"{msg.task}[{msg.id}] was delivered {delivery.deliveries} times "
-                f"(max_deliveries={self.max_deliveries}): its worker died each time",
+                f"(max_deliveries={self.max_deliveries}) without an outcome: its worker "
+                f"died each time, or failed before running it (see the workers' logs)",
                 task_name=msg.task, task_id=msg.id,
             )
             log.error("%s; moved to dead letters", error)
@@ -422,15 +423,15 @@ class TaskRunner:
             return Outcome(delivery=delivery, requeue=Enqueue(
                 delivery.queue, delivery.payload, msg.eta, delivery.priority))
         try:
-            admission = self._admission(task, msg)
+            # Admitted already (the fetch loop's group admission): nothing to ask.
+            admission = None if running.admitted else self._admission(task, msg)
         except Exception as exc:  # the user's concurrency_key: fail the task, say why
             bad_key = ConfigurationError(f"{msg.task}[{msg.id}]: its concurrency_key raised "
                                          f"{type(exc).__name__}: {exc}")
             log.error("%s", bad_key)
             running.state = State.FAILURE
             return self._outcome(delivery, msg, State.FAILURE, exc=bad_key)
-        if admission is not None and not running.admitted and not await self._admit(
-                running, admission):
+        if admission is not None and not await self._admit(running, admission):
             return PARKED  # acknowledged and waiting in Redis for its turn
         if self.on_start is not None:
             self.on_start(running)
