@@ -143,6 +143,11 @@ async def test_control_ping_is_answered_by_each_worker_and_shutdown_asks_first(
         limited = await invoke_json("control", "rate-limit", "ops.nothing", "10/s",
                                     "--broker", redis_url)
         assert limited == {"w-a": "unknown task 'ops.nothing'"}
+        # Cluster-wide and kept in Redis: status lists it, with or without a worker.
+        listed = await invoke("status", "--broker", redis_url)
+        assert "rate limit ops.nothing: 10/s (cluster-wide)" in listed.stdout
+        doc = await invoke_json("status", "--broker", redis_url)
+        assert doc["rate_limits"] == {"ops.nothing": "10/s"}
     none = await invoke("control", "ping", "--broker", redis_url, "--timeout", "0.2")
     assert none.exit_code == 1 and "no worker answered" in none.stderr
 
