@@ -87,9 +87,10 @@ class Keys:
         """A rate limit's state: the time its next run may start (ms), shared by workers."""
         return f"{self.prefix}:rate:{{{task}}}"
 
-    def rate_grant(self, task: str, task_id: str) -> str:
-        """Marks a parked run as holding its reserved rate slot (it runs without asking)."""
-        return f"{self.prefix}:rate:{{{task}}}:grant:{task_id}"
+    def rate_grants(self, task: str) -> str:
+        """Sorted set of parked runs holding their reserved rate slot (they run without
+        asking again), score = when the grant lapses (ms)."""
+        return f"{self.prefix}:rate:{{{task}}}:grants"
 
     @property
     def rate_limits(self) -> str:

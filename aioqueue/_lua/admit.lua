@@ -3,12 +3,13 @@
 -- ever lost and nothing waits in a worker's memory. One call admits every run a worker
 -- started in one go (group admission, as settle is group commit).
 --
--- KEYS, 7 per run: its stream, the delayed set of its lane, the rate state, its rate
--- grant, the slots held (zset, score = lease end in ms), the slot waiting list, the index
--- of keys with runs parked.
--- ARGV[1] = consumer group, ARGV[2] = lease ms; then 5 per run: entry id, task id, ms
--- between two runs with a fraction (0: no rate limit), slots (0: no limit), the
--- concurrency key (for the index).
+-- KEYS: every key once; KEYS[1] = the index of keys with runs parked.
+-- ARGV[1] = consumer group, ARGV[2] = lease ms, ARGV[3] = how many profiles; then 9 per
+-- profile (what runs of one lane, task and key share): the KEYS indexes of its stream,
+-- its lane's delayed set, the rate state, the rate grants (zset: task id, score = until
+-- when), the slots held (zset, score = lease end in ms), the slot waiting list (0 where
+-- there is no rate or slot limit), ms between two runs with a fraction (0: no rate limit),
+-- slots (0: no limit), the concurrency key; then 3 per run: entry id, task id, profile.
 -- Returns one code per run: 0 to run now, 1 parked until its reserved rate slot, 2 parked
 -- until a concurrency slot frees, 3 gone from the stream (purged): nothing to run.
 --
@@ -19,7 +20,8 @@
 -- Slots: leases renewed by the worker's heartbeat; a lapsed lease (a killed worker) frees
 -- its slot. A parked run waits in its key's list, oldest first, and is put back in its
 -- stream (with the slot already its own) when one frees: see settle.lua's C operation.
-local group, lease = ARGV[1], tonumber(ARGV[2])
+local group, lease, profile_count = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local index = KEYS[1]
 -- Milliseconds with a fraction: a rate above 1,000/s has an interval under 1 ms.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -45,14 +47,19 @@ end
 local next_at = {}   -- rate key -> when its next run may start (ms)
 local held_count = {}  -- slots key -> runs holding a slot (lapsed leases dropped once)
 
-local function admit(k, a)
-  local stream, delayed, rate, grant = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
-  local held, waiting, index = KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]
-  local id, task_id = ARGV[a], ARGV[a + 1]
-  local interval, slots, key = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), ARGV[a + 4]
+local grants_pruned = {}
+
+local function admit(id, task_id, p)
+  local stream, delayed, rate, grants = p[1], p[2], p[3], p[4]
+  local held, waiting = p[5], p[6]
+  local interval, slots, key = p[7], p[8], p[9]
   local reserved = false
   if interval > 0 then
-    if redis.call('DEL', grant) == 0 then
+    if not grants_pruned[grants] then
+      redis.call('ZREMRANGEBYSCORE', grants, '-inf', now)  -- grants of runs never back
+      grants_pruned[grants] = true
+    end
+    if redis.call('ZREM', grants, task_id) == 0 then
       if next_at[rate] == nil then
         next_at[rate] = tonumber(redis.call('GET', rate) or '0')
       end
@@ -65,7 +72,7 @@ local function admit(k, a)
       if at > now + 10 then
         local payload = payload_of(stream, id)
         if not payload then park_ack(stream, id) return 3 end
-        redis.call('SET', grant, '1', 'PX', math.ceil(at - now) + 86400000)
+        redis.call('ZADD', grants, math.ceil(at) + 86400000, task_id)
         redis.call('ZADD', delayed, string.format('%.3f', at / 1000), payload)
         park_ack(stream, id)
         return 1
@@ -93,7 +100,7 @@ local function admit(k, a)
     if not payload then park_ack(stream, id) return 3 end
     if reserved then
       -- It took a rate slot: keep it for when it runs.
-      redis.call('SET', grant, '1', 'PX', 86400000)
+      redis.call('ZADD', grants, math.ceil(now) + 86400000, task_id)
     end
     redis.call('RPUSH', waiting, task_id .. '\n' .. stream .. '\n' .. payload)
     redis.call('HSET', index, key, slots)
@@ -103,9 +110,18 @@ local function admit(k, a)
   return 0
 end
 
-local runs = #KEYS / 7
-for r = 1, runs do
-  codes[r] = admit((r - 1) * 7 + 1, 3 + (r - 1) * 5)
+local profiles, a = {}, 4
+for p = 1, profile_count do
+  profiles[p] = {KEYS[tonumber(ARGV[a])], KEYS[tonumber(ARGV[a + 1])],
+    KEYS[tonumber(ARGV[a + 2])], KEYS[tonumber(ARGV[a + 3])], KEYS[tonumber(ARGV[a + 4])],
+    KEYS[tonumber(ARGV[a + 5])], tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), ARGV[a + 8]}
+  a = a + 9
+end
+local r = 0
+while a <= #ARGV do
+  r = r + 1
+  codes[r] = admit(ARGV[a], ARGV[a + 1], profiles[tonumber(ARGV[a + 2])])
+  a = a + 3
 end
 for rate, at in pairs(next_at) do
   redis.call('SET', rate, string.format('%.3f', at), 'PX', math.max(1, math.ceil(at - now)) + 1000)
