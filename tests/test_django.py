@@ -356,3 +356,26 @@ def test_settings_autodiscovery_and_the_periodic_task(worker: Any, app: AioQueue
     Order.objects.create(item="forgotten")
     assert expire_unconfirmed_orders.delay(older_than_s=0).get(timeout=10) >= 1
     assert not Order.objects.filter(item="forgotten").exists()
+
+
+def test_tasks_backend_maps_django_priorities_onto_lanes(worker: Any, app: AioQueue) -> None:
+    from demo.tasks import count_orders
+
+    from aioqueue.contrib.django.backend import lane_of
+
+    assert [lane_of(p) for p in (100, 1, 0, -1, -50, -100)] == [0, 0, 0, 1, 5, 9]
+    low = count_orders.using(priority=-100).enqueue(confirmed=True)  # lane 9, still runs
+    assert app.AsyncResult(low.id).get(timeout=10)["attempt"] == 1
+    lanes = lanes_sent(app)
+    assert 9 in lanes
+
+
+def lanes_sent(app: AioQueue) -> set[int]:
+    """The priorities sent to the default queue (its lanes set in Redis)."""
+    import redis
+
+    client = redis.Redis.from_url(app.conf.broker_url)
+    try:
+        return {int(m) for m in client.smembers(app.keys.lanes("default"))}
+    finally:
+        client.close()

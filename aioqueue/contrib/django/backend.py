@@ -28,9 +28,10 @@ backport. How a Django task travels:
   STARTED -> RUNNING, SUCCESS -> SUCCESSFUL, FAILURE / REVOKED -> FAILED (with a
   ``TaskError`` naming the exception class and its traceback).
 
-Limits: aioqueue has no priorities, so ``supports_priority`` is False and Django refuses a
-task with a non-default priority (route urgent work to its own queue instead);
-``started_at`` is not recorded (None).
+Priorities: Django's -100..100 (higher first, 0 by default) map onto aioqueue's lanes 0..9
+(0 first) by :func:`lane_of`: 0 and above run in lane 0 with aioqueue's own default (nothing
+runs before it), and below 0 in nine steps down to lane 9. Limits: ``started_at`` is not
+recorded (None).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import dataclasses
 import importlib
 import inspect
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -322,13 +324,21 @@ def register_configured_backends() -> None:
 _BaseTaskBackend: Any = _fw.BaseTaskBackend
 
 
+def lane_of(django_priority: int) -> int:
+    """Django's task priority (-100..100, higher first) as aioqueue's (0..9, 0 first): 0 and
+    above share lane 0, aioqueue's default (nothing runs before it); below 0, nine steps."""
+    if django_priority >= 0:
+        return 0
+    return min(9, math.ceil(-django_priority * 9 / 100))
+
+
 class TasksBackend(_BaseTaskBackend):  # type: ignore[misc]
     """Django's Tasks framework on aioqueue (see the module docstring)."""
 
     supports_defer = True
     supports_async_task = True
     supports_get_result = True
-    supports_priority = False
+    supports_priority = True
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
@@ -358,7 +368,7 @@ class TasksBackend(_BaseTaskBackend):  # type: ignore[misc]
         async def send() -> None:
             message = runner.apply_async(
                 args=(task.module_path, result.args, result.kwargs, self.alias, now),
-                task_id=result.id, queue=queue,
+                task_id=result.id, queue=queue, priority=lane_of(task.priority),
                 eta=None if run_after is None else datetime.fromtimestamp(run_after, UTC),
                 reply=False)
             # Both commands leave in one write; the record first, so it is there as soon as
