@@ -393,3 +393,21 @@ async def test_a_rate_above_a_thousand_per_second_is_enforced(any_app: AioQueue)
     await drain(any_app, concurrency=50)
     assert len(starts) == 400
     assert max(starts) - min(starts) >= 399 / 2000 * 0.9
+
+
+async def test_a_requeued_dead_letter_goes_back_to_its_priority(any_app: AioQueue) -> None:
+    any_app.broker.lanes.share_every = 0
+    await any_app.send_task("t.not_yet", args=("low",), priority=9)
+    await drain(any_app)  # not registered: dead-lettered, from lane 9
+    [letter] = await any_app.broker.dead_letters("default", 10)
+    assert letter.priority == 9
+    ran: list[str] = []
+
+    @any_app.task(name="t.not_yet")
+    async def job(tag: str) -> None:
+        ran.append(tag)
+
+    assert await any_app.broker.requeue_dead("default", None) == 1
+    await job.apply_async(("high",), priority=0)  # sent after, runs first: lane 0
+    await drain(any_app)
+    assert ran == ["high", "low"]

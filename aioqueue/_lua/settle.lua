@@ -12,7 +12,8 @@
 --   S k record ttl_ms     SET the result record with a TTL
 --   Q k payload guard_k   XADD a message back to a stream now        (at most one of Q, Z, L
 --   Z k payload due guard_k  ZADD a message to the delayed set          per outcome)
---   L k payload reason failed_at origin cap guard_k   XADD to a dead-letter stream, capped
+--   L k payload reason failed_at origin cap guard_k priority   XADD to a dead-letter stream,
+--                         capped (with the priority lane it died in, for a requeue)
 --   P k record            RPUSH the record to a reply list (after the acknowledgements)
 --   E k stats_k event field   XADD an event to the events stream and count it in a minute's
 --                         hash (never fails the outcome: events are best effort)
@@ -177,10 +178,11 @@ while i <= n do
       if not err then
         reply = guarded(ARGV[a + 7], function()
           return redis.pcall('XADD', key, 'MAXLEN', '~', ARGV[a + 6], '*', 'm', ARGV[a + 2],
-            'reason', ARGV[a + 3], 'failed_at', ARGV[a + 4], 'origin', ARGV[a + 5])
+            'reason', ARGV[a + 3], 'failed_at', ARGV[a + 4], 'origin', ARGV[a + 5],
+            'p', ARGV[a + 8])
         end)
       end
-      i = i + 8
+      i = i + 9
     else
       return redis.error_reply('settle: unknown operation ' .. tostring(op))
     end

@@ -123,6 +123,8 @@ class DeadLetter:
     payload: bytes
     reason: str
     failed_at: float
+    #: The priority lane it died in (a requeue puts it back there).
+    priority: int = 0
 
 
 @dataclass(slots=True)

@@ -259,7 +259,8 @@ class MemoryBroker:
                 q.pending.pop(d.message_id, None)
                 if o.dead_reason is not None and first:
                     entry_id = self._new_id()
-                    q.dead[entry_id] = DeadLetter(d.queue, entry_id, d.payload, o.dead_reason, now)
+                    q.dead[entry_id] = DeadLetter(d.queue, entry_id, d.payload, o.dead_reason,
+                                                  now, d.priority)
             if o.release is not None:
                 self._release(o.release)
             if o.events:
@@ -607,7 +608,8 @@ class MemoryBroker:
         q = self._queues[queue]
         ids = list(q.dead) if entry_ids is None else [i for i in entry_ids if i in q.dead]
         for entry_id in ids:
-            q.lane(0)[self._new_id()] = q.dead.pop(entry_id).payload
+            letter = q.dead.pop(entry_id)
+            q.lane(letter.priority)[self._new_id()] = letter.payload
         self._notify()
         return len(ids)
 

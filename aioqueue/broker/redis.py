@@ -549,7 +549,7 @@ class RedisBroker:
                 n += 1
             if d is not None and o.dead_reason is not None:
                 args += ("L", k(keys_.dead(d.queue)), d.payload, o.dead_reason, now,
-                         d.message_id, DEAD_LETTER_MAXLEN, guard)
+                         d.message_id, DEAD_LETTER_MAXLEN, guard, d.priority)
                 n += 1
             if o.reply_to is not None and o.record is not None:
                 args += ("P", k(o.reply_to), o.record)
@@ -997,11 +997,14 @@ class RedisBroker:
                 payload=fields.get(b"m", b""),
                 reason=fields.get(b"reason", b"").decode(errors="replace"),
                 failed_at=float(fields.get(b"failed_at", b"0") or 0),
+                priority=int(fields.get(b"p", b"0") or 0),
             ))
         return out
 
     async def requeue_dead(self, queue: str, entry_ids: Sequence[str] | None) -> int:
-        keys = [self.keys.dead(queue), self.keys.stream(queue)]
+        # Each back to the lane it died in (a dead letter records its priority).
+        keys = [self.keys.dead(queue), self.keys.lanes(queue),
+                *(self.keys.stream(queue, p) for p in range(10))]
         await self.ensure_queues([queue])
         if entry_ids is not None:
             # Ids that cannot be stream entry ids name nothing (as on the memory broker);
