@@ -47,7 +47,7 @@ end
 local next_at = {}   -- rate key -> when its next run may start (ms)
 local held_count = {}  -- slots key -> runs holding a slot (lapsed leases dropped once)
 
-local grants_pruned = {}
+local grants_pruned, held_pruned = {}, {}
 
 local function admit(id, task_id, p)
   local stream, delayed, rate, grants = p[1], p[2], p[3], p[4]
@@ -82,7 +82,13 @@ local function admit(id, task_id, p)
   end
   if slots > 0 then
     if held_count[held] == nil then
-      redis.call('ZREMRANGEBYSCORE', held, '-inf', now)  -- lapsed leases: killed workers
+      held_count[held] = redis.call('ZCARD', held)
+    end
+    if held_count[held] >= slots and not held_pruned[held] then
+      -- Full: drop lapsed leases (killed workers) and count again, once per call. Not
+      -- full: they only make the count higher than it is, never let a run too many in.
+      held_pruned[held] = true
+      redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
       held_count[held] = redis.call('ZCARD', held)
     end
     -- ZADD's reply says whether the run is new to the set (a redelivered run holds its
