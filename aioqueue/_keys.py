@@ -1,8 +1,9 @@
 """Every Redis key name aioqueue uses, in one place.
 
-Per-queue keys share the hash tag ``{QUEUE}`` so that a multi-key script over one queue
-touches a single Redis Cluster slot. Results and reply lists are not tagged yet: the settle
-script spans them and the queue's keys, so it needs a standalone server (or one slot).
+Per-queue keys share the hash tag ``{QUEUE}``. Results and reply lists are not tagged, and
+the settle script spans them and the queue's keys: on Redis Cluster an app therefore lives
+in one slot, the tag of its key prefix (``{aioqueue}``; see ``broker/_cluster.py``), which
+Redis hashes before the queue's.
 """
 
 from __future__ import annotations

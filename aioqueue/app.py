@@ -304,6 +304,12 @@ class AioQueue:
         return self._broker
 
     def _new_broker(self) -> Broker:
+        if not self._reply_to.startswith(f"{self.conf.key_prefix}:reply:"):
+            # key_prefix changed after __init__ (conf.update, or a redis+cluster:// URL that
+            # gave the default prefix its hash tag): workers push only to keys under the
+            # prefix, and on Redis Cluster only those are in the app's slot.
+            self._reply_to = self._new_reply_to()
+
         def make(url: str) -> Broker:
             return create_broker(url, prefix=self.conf.key_prefix,
                                  connect_timeout_s=self.conf.broker_connection_timeout)

@@ -222,6 +222,18 @@ class Settings:
             )
         self._validate_flow_control()
         self._validate_celery_style()
+        self._validate_cluster()
+
+    def _validate_cluster(self) -> None:
+        """On Redis Cluster every key of an app must be in one slot: the default prefix
+        gets a hash tag (``{aioqueue}``), a prefix without one is refused (``_cluster.py``)."""
+        from .broker._url import is_cluster_url
+
+        urls = (self.broker_url, self.result_backend)
+        if any(isinstance(url, str) and is_cluster_url(url) for url in urls):
+            from .broker._cluster import cluster_key_prefix
+
+            self.key_prefix = cluster_key_prefix(self.key_prefix)
 
     def _validate_flow_control(self) -> None:
         from .broker._lanes import check_priority

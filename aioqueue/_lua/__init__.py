@@ -1,7 +1,7 @@
 """Lua scripts, each in its own ``.lua`` file, loaded once and run by hash.
 
 Every script declares every key it touches in KEYS (none is built from ARGV inside a
-script), so a key-aware proxy or a later Redis Cluster mode sees them all -- with one
+script), so a key-aware proxy or Redis Cluster sees them all -- with one
 exception: a run parked by flow control (a concurrency slot's or an order key's waiting
 list) carries the stream it goes back to, and ``settle``/``promote_slots`` write there.
 The header of each file says what its KEYS and ARGV are.

@@ -17,7 +17,7 @@ while redis.call('ZCARD', KEYS[1]) < slots do
   local b = string.find(entry, '\n', a + 1, true)
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), string.sub(entry, 1, a - 1))
   -- The stream is stored with the run (see the package doc: the one exception to keys in
-  -- KEYS, until Redis Cluster places them).
+  -- KEYS; on Redis Cluster an app's keys share one slot).
   redis.call('XADD', string.sub(entry, a + 1, b - 1), '*', 'm', string.sub(entry, b + 1))
   started = started + 1
 end

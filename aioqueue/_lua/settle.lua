@@ -23,7 +23,7 @@
 --   C k waiting_k index_k id key lease_ms   free task `id`'s concurrency slot and start
 --                         parked runs of the key while slots are free
 -- K and C put a waiting message where it was sent: that key is stored with it (the one
--- exception to "every key in KEYS", until Redis Cluster places them).
+-- exception to "every key in KEYS"; on Redis Cluster an app's keys share one slot).
 --
 -- Redis scripts are atomic but not all-or-nothing, so each operation runs under pcall: a
 -- failing operation fails only its own outcome (which is then not acknowledged) and the

@@ -22,18 +22,22 @@ __all__ = (
 
 
 def create_broker(url: str, *, prefix: str, connect_timeout_s: float) -> Broker:
-    """A broker for ``url``: ``redis://``, ``rediss://``, ``unix://``, ``sentinel://`` or
-    ``memory://``."""
+    """A broker for ``url``: ``redis://``, ``rediss://``, ``unix://``, ``sentinel://``,
+    ``redis+cluster://`` (``rediss+cluster://``) or ``memory://``.
+
+    On Redis Cluster ``prefix`` must have a hash tag (``{myapp}``); the default ``aioqueue``
+    becomes ``{aioqueue}`` (see ``broker/_cluster.py``).
+    """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "memory":
         from .memory import MemoryBroker
 
         return MemoryBroker(url)
-    if scheme in {"redis", "rediss", "unix", "sentinel"}:
+    if scheme in {"redis", "rediss", "unix", "sentinel", "redis+cluster", "rediss+cluster"}:
         from .redis import RedisBroker
 
         return RedisBroker(url, prefix=prefix, connect_timeout_s=connect_timeout_s)
     raise ConfigurationError(
         f"unsupported broker URL {redact_url(url)!r}: use redis://, rediss://, unix://, "
-        "sentinel:// or memory://"
+        "sentinel://, redis+cluster:// (rediss+cluster://) or memory://"
     )

@@ -9,7 +9,8 @@ goes out in a single write (automatic pipelining), and replies are matched to ca
 order. Replies are parsed by hiredis, the C parser redis-py itself uses.
 
 It speaks just enough RESP2 for what the broker needs: AUTH, SELECT, CLIENT SETNAME, plain
-commands and EVALSHA. Anything fancier (pub/sub, cluster) stays with redis-py. Blocking
+commands and EVALSHA. Anything fancier (pub/sub) stays with redis-py; Redis Cluster is met
+one slot at a time (``locate`` + ``reconnect_on``, see ``_cluster.py``). Blocking
 commands get a connection of their own, so they never stall the shared one.
 
 Behind Redis Sentinel (``locate`` + ``require_master``, see ``_sentinel.py``) every connect
@@ -323,6 +324,9 @@ class RespConnection:
     :param require_master: end the handshake with ``ROLE`` and refuse (``ConnectionError``)
         a node that is not a master; ``-LOADING``/``-MASTERDOWN`` replies then close the
         socket too, like ``-READONLY`` always does.
+    :param reconnect_on: the error replies (by their first word) that close the socket,
+        instead of those ``require_master`` picks (Redis Cluster adds ``MOVED``, ``ASK``,
+        ``CLUSTERDOWN``, ``TRYAGAIN``: see ``_cluster.py``).
     """
 
     def __init__(
@@ -340,6 +344,7 @@ class RespConnection:
         client_name: str | None = None,
         locate: Callable[[float], Awaitable[tuple[str, int]]] | None = None,
         require_master: bool = False,
+        reconnect_on: tuple[str, ...] | None = None,
     ) -> None:
         if read_timeout_s is not None and not read_timeout_s > 0:
             raise ValueError(f"read_timeout_s must be > 0 or None, not {read_timeout_s!r}")
@@ -360,7 +365,9 @@ class RespConnection:
         self._locate = locate
         self._recheck_at = 0.0
         self._recheck: asyncio.Task[None] | None = None
-        self._reconnect_on = _RECONNECT_ON_SENTINEL if require_master else _RECONNECT_ON
+        if reconnect_on is None:
+            reconnect_on = _RECONNECT_ON_SENTINEL if require_master else _RECONNECT_ON
+        self._reconnect_on = reconnect_on
         # Packed once here, so a bad setting fails at construction rather than at each connect.
         self._handshake = [(command[0], pack(command)) for command in handshake]
         self._protocol: _Protocol | None = None

@@ -13,6 +13,10 @@ a :class:`~aioqueue.errors.ConfigurationError` rather than silently ignored.
 ``sentinel://[user:password@]host1[:26379],host2,.../MASTER_NAME[/DB]?sentinel_password=...``
 names Redis Sentinel's sentinels instead of one server; the spelling is described in
 ``_sentinel.py``, and :attr:`RedisTarget.sentinel` carries it to both clients.
+
+``redis+cluster://[user:password@]host1:port,host2:port,.../`` (and ``rediss+cluster://``)
+names start-up nodes of a Redis Cluster; see ``_cluster.py``, carried by
+:attr:`RedisTarget.cluster`.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlsplit
 from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from ._cluster import Cluster
     from ._sentinel import Sentinels
 
-__all__ = ("RedisTarget", "parse_redis_url", "redact_url")
+__all__ = ("RedisTarget", "is_cluster_url", "parse_redis_url", "redact_url")
 
 _CERT_REQS = {
     "none": ssl_module.CERT_NONE,
@@ -49,6 +54,9 @@ _IGNORED = frozenset(
     {"max_connections", "health_check_interval", "retry_on_timeout", "socket_keepalive",
      "single_connection_client"}
 )
+#: Schemes whose authority is a comma-separated list of hosts.
+_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+_LISTS = ("sentinel", *_CLUSTER_SCHEMES)
 #: Options of sentinel:// URLs only (see ``_sentinel.py``).
 _SENTINEL_OPTIONS = frozenset({"sentinel_username", "sentinel_password", "master_name"})
 _OPTIONS = frozenset(
@@ -69,6 +77,10 @@ class RedisTarget:
     ``sentinel`` is set for a ``sentinel://`` URL: the master is then found through the
     sentinels at each connect, and ``host``/``port`` are not used; ``username``,
     ``password`` and ``db`` are the master's.
+
+    ``cluster`` is set for a ``redis+cluster://`` URL: the master owning the app's slot is
+    found at each connect (the broker sets the slot from its key prefix), and
+    ``host``/``port`` are not used.
     """
 
     display_url: str
@@ -88,6 +100,7 @@ class RedisTarget:
     read_timeout_s: float | None = 30.0
     client_name: str | None = None
     sentinel: Sentinels | None = None
+    cluster: Cluster | None = None
 
     def resp_options(self, *, extra_read_timeout_s: float = 0.0) -> dict[str, Any]:
         """Keyword arguments for :class:`~aioqueue.broker._resp.RespConnection`.
@@ -103,6 +116,9 @@ class RedisTarget:
             # Every (re)connect asks the sentinels, and refuses a node that is no master.
             return {**self._resp_options(read_timeout_s),
                     "locate": self.sentinel.master_address, "require_master": True}
+        if self.cluster is not None:
+            # Every (re)connect asks where the slot is; MOVED & co. close the socket.
+            return {**self._resp_options(read_timeout_s), **self.cluster.resp_options()}
         return self._resp_options(read_timeout_s)
 
     def _resp_options(self, read_timeout_s: float | None) -> dict[str, Any]:
@@ -124,6 +140,8 @@ class RedisTarget:
 
         For a ``sentinel://`` URL: the master's connection keywords (no host or port), for
         ``Sentinel(sentinel.addresses, sentinel_kwargs=..., **these).master_for(name)``.
+        For a ``redis+cluster://`` URL: no host or port either (the caller adds the slot's
+        master).
         """
         kwargs: dict[str, Any] = {
             "db": self.db,
@@ -135,7 +153,7 @@ class RedisTarget:
         }
         if self.path is not None:
             kwargs["unix_socket_path"] = self.path
-        elif self.sentinel is None:
+        elif self.sentinel is None and self.cluster is None:
             kwargs.update(host=self.host, port=self.port)
         if self.ssl is not None:
             kwargs.update(
@@ -149,10 +167,16 @@ class RedisTarget:
         return kwargs
 
 
+def is_cluster_url(url: str) -> bool:
+    """True for a ``redis+cluster://`` or ``rediss+cluster://`` URL (no other check)."""
+    return url.partition("://")[0].lower() in _CLUSTER_SCHEMES
+
+
 def parse_redis_url(
     url: str, *, connect_timeout_s: float, read_timeout_s: float | None
 ) -> RedisTarget:
-    """Read a ``redis://``, ``rediss://``, ``unix://`` or ``sentinel://`` URL.
+    """Read a ``redis://``, ``rediss://``, ``unix://``, ``sentinel://`` or
+    ``redis+cluster://`` (``rediss+cluster://``) URL.
 
     ``connect_timeout_s`` and ``read_timeout_s`` are the defaults; the URL's
     ``socket_connect_timeout`` and ``socket_timeout`` override them.
@@ -168,12 +192,15 @@ def parse_redis_url(
 
     try:
         parts = urlsplit(url)
-        port = None if parts.scheme.lower() == "sentinel" else parts.port  # sentinel: a list
+        # sentinel:// and redis+cluster:// name a list of hosts
+        port = None if parts.scheme.lower() in _LISTS else parts.port
     except ValueError as exc:
         raise bad(f"malformed ({exc})") from None
     scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss", "unix", "sentinel"):
-        raise bad("the scheme must be redis://, rediss://, unix:// or sentinel://")
+    cluster_scheme = scheme in _CLUSTER_SCHEMES
+    if scheme not in ("redis", "rediss", "unix", "sentinel", *_CLUSTER_SCHEMES):
+        raise bad("the scheme must be redis://, rediss://, unix://, sentinel:// or "
+                  "redis+cluster:// (rediss+cluster://)")
 
     options: dict[str, str] = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -186,8 +213,9 @@ def parse_redis_url(
             options[name] = value
     if scheme == "sentinel" and (misplaced := sorted(options.keys() & _SSL_OPTIONS)):
         raise bad(f"option {misplaced[0]!r}: TLS is not supported with sentinel:// yet")
-    if scheme != "rediss" and (misplaced := sorted(options.keys() & _SSL_OPTIONS)):
-        raise bad(f"option {misplaced[0]!r} needs a rediss:// URL")
+    tls = scheme in ("rediss", "rediss+cluster")
+    if not tls and (misplaced := sorted(options.keys() & _SSL_OPTIONS)):
+        raise bad(f"option {misplaced[0]!r} needs a rediss:// (or rediss+cluster://) URL")
     if scheme != "sentinel" and (misplaced := sorted(options.keys() & _SENTINEL_OPTIONS)):
         raise bad(f"option {misplaced[0]!r} needs a sentinel:// URL")
 
@@ -210,6 +238,9 @@ def parse_redis_url(
         db_text = parts.path.strip("/") or "0"  # redis://host:6379/2, as redis-py reads it
     if db_text is not None and not (db_text.isascii() and db_text.isdigit()):
         raise bad("option 'db' (or the path) must be a database number")
+    if cluster_scheme and int(db_text or 0) != 0:
+        raise bad(f"database {int(db_text or 0)}: Redis Cluster has only database 0 "
+                  "(leave the path empty or write /0)")
     client_name = options.get("client_name")
     if client_name is not None and not all("!" <= char <= "~" for char in client_name):
         # Redis refuses these in CLIENT SETNAME: better now than at every connect.
@@ -223,7 +254,7 @@ def parse_redis_url(
             raise bad("a unix:// URL needs a socket path")
     ssl_context: ssl_module.SSLContext | None = None
     ssl_settings: dict[str, Any] = {}
-    if scheme == "rediss":
+    if tls:
         ssl_context, ssl_settings = _ssl_context(options, bad)
     sentinel: Sentinels | None = None
     if scheme == "sentinel":
@@ -236,10 +267,22 @@ def parse_redis_url(
             password=options.get("sentinel_password"), connect_timeout_s=ask_s,
             read_timeout_s=ask_s,
         )
+    cluster: Cluster | None = None
+    if cluster_scheme:
+        from ._cluster import Cluster  # here: plain URLs need no RESP code to be parsed
+
+        # One question to a node (CLUSTER SLOTS): quick, or that node is no help.
+        ask_s = connect_timeout_s if connect_s is None else connect_s
+        cluster = Cluster(
+            _cluster_nodes(parts, bad),
+            username=unquote(parts.username or "") or options.get("username"),
+            password=unquote(parts.password or "") or options.get("password"),
+            ssl=ssl_context, connect_timeout_s=ask_s, read_timeout_s=ask_s,
+        )
 
     return RedisTarget(
         display_url=display_url,
-        host="" if sentinel else unquote(parts.hostname or "") or "localhost",
+        host="" if sentinel or cluster else unquote(parts.hostname or "") or "localhost",
         port=port or 6379,
         path=path,
         db=int(db_text or 0),
@@ -251,8 +294,29 @@ def parse_redis_url(
         read_timeout_s=read_timeout_s if read_s is None else read_s,
         client_name=client_name,
         sentinel=sentinel,
+        cluster=cluster,
         **ssl_settings,
     )
+
+
+def _cluster_nodes(
+    parts: SplitResult, bad: Callable[[str], ConfigurationError]
+) -> tuple[tuple[str, int], ...]:
+    """The start-up nodes of a ``redis+cluster://`` URL (the spelling is in ``_cluster.py``)."""
+    from ._cluster import DEFAULT_CLUSTER_PORT
+
+    spelling = "redis+cluster://[user:password@]host1:port,host2:port,.../"
+    addresses: list[tuple[str, int]] = []
+    for item in parts.netloc.rpartition("@")[2].split(","):
+        try:
+            one = urlsplit(f"//{item}")
+            host, port = unquote(one.hostname or ""), one.port
+        except ValueError as exc:
+            raise bad(f"node {item!r} is malformed ({exc})") from None
+        if not host:
+            raise bad(f"a node without a host in the list: {spelling}")
+        addresses.append((host, port or DEFAULT_CLUSTER_PORT))
+    return tuple(addresses)
 
 
 def _sentinel_parts(

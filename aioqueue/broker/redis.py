@@ -22,12 +22,20 @@ role; ``READONLY`` (a demoted master) counts as "not now" like ``LOADING``, and 
 dropped, so every retry loop (producers, fetch, settle, the result listener, beat) follows
 a failover through its usual reconnect. Pub/sub uses redis-py's
 ``Sentinel(...).master_for(...)``: a resubscription asks the sentinels.
+
+On Redis Cluster (``redis+cluster://``, see ``_cluster.py``) an app's keys are all in the
+slot of its key prefix's hash tag; every RESP connection asks the cluster which master owns
+that slot at each (re)connect, and ``MOVED``/``ASK`` count as "not now" too (the socket is
+dropped and the next try goes where the slot is now). ``CROSSSLOT`` is a bug: a
+``BrokerError``. Pub/sub is a plain redis-py client on the slot's master, made again at a
+resubscription when the slot moved.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import re
@@ -68,7 +76,8 @@ _CONNECTION_ERRORS = (
     redis_errors.ConnectionError, redis_errors.TimeoutError, ConnectionError, TimeoutError, OSError
 )
 #: Error replies that mean "not now" rather than "no" (redis-py retries these too).
-_TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "READONLY")
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "READONLY",
+                      "MOVED", "ASK")  # Redis Cluster: the slot is elsewhere (now or soon)
 #: Dead-letter streams are capped so a flood of poison messages cannot fill Redis.
 DEAD_LETTER_MAXLEN = 100_000
 #: XPENDING IDLE and LPOP with a count need 6.2; BLMPOP (7.0) has a fallback for 6.2.
@@ -170,6 +179,12 @@ class RedisBroker:
         self.target = parse_redis_url(url, connect_timeout_s=min(connect_timeout_s, 5.0),
                                       read_timeout_s=connect_timeout_s)
         self.display_url = self.target.display_url
+        if self.target.cluster is not None:
+            # Every key in the slot of the prefix's hash tag (the default gets one, a prefix
+            # without raises ConfigurationError); connections go to that slot's master.
+            cluster = self.target.cluster.for_prefix(prefix)
+            prefix = cluster.prefix or prefix
+            self.target = dataclasses.replace(self.target, cluster=cluster)
         self.keys = Keys(prefix)
         #: How long a producer's command retries while Redis is unreachable.
         self.connect_timeout_s = connect_timeout_s
@@ -190,6 +205,8 @@ class RedisBroker:
         self._pubsub_client: Any = None
         #: redis-py's Sentinel manager behind ``_pubsub_client`` (sentinel:// only).
         self._pubsub_sentinel: Any = None
+        #: The node ``_pubsub_client`` talks to (redis+cluster:// only).
+        self._pubsub_address: tuple[str, int] | None = None
         self._known_groups: set[str] = set()
         self._checked_server = False
         #: False on a server without BLMPOP (found at the first wait): BLPOP + LPOP instead.
@@ -250,6 +267,12 @@ class RedisBroker:
             if self.target.sentinel is not None and (address := self._hot.address):
                 log.info("Redis Sentinel: %s is at %s:%s", self.target.sentinel.describe(),
                          *address)
+            cluster = self.target.cluster
+            if cluster is not None and (address := self._hot.address):
+                log.info("Redis Cluster: key_prefix %r%s, slot %s, is on the master at %s:%s",
+                         self.keys.prefix, " (the default 'aioqueue' with a hash tag, so "
+                         "that every key is in one slot)" if self.keys.prefix == "{aioqueue}"
+                         else "", cluster.slot, *address)
             await self._check_server()
 
     async def _check_server(self) -> None:
@@ -804,6 +827,12 @@ class RedisBroker:
                            terminate={i.decode() for i in replies[3]})
 
     async def control_messages(self) -> AsyncIterator[bytes]:
+        if self.target.cluster is not None:
+            try:
+                await self._follow_slot_for_pubsub()
+            except _CONNECTION_ERRORS as exc:
+                raise BrokerConnectionError(
+                    f"lost control channel of Redis at {self.display_url}: {exc}") from exc
         if self._pubsub_client is None:
             self._pubsub_client = self._redis_py_client()
         pubsub = self._pubsub_client.pubsub(ignore_subscribe_messages=True)
@@ -826,6 +855,21 @@ class RedisBroker:
             with (anyio.CancelScope(shield=True), anyio.move_on_after(1.0),
                   contextlib.suppress(*_CONNECTION_ERRORS, redis_errors.RedisError)):
                 await pubsub.aclose()
+
+    async def _follow_slot_for_pubsub(self) -> None:
+        """Redis Cluster: (re)make the pub/sub client on the master of the app's slot, if
+        it moved since the client was made. (Classic cluster pub/sub reaches every node,
+        so any node would do; the slot's master is one known to be up.)"""
+        assert self.target.cluster is not None
+        address = await self.target.cluster.master_address()
+        if self._pubsub_client is not None and address != self._pubsub_address:
+            old, self._pubsub_client = self._pubsub_client, None
+            with contextlib.suppress(*_CONNECTION_ERRORS, redis_errors.RedisError):
+                await old.aclose()
+        if self._pubsub_client is None:
+            self._pubsub_address = address
+            self._pubsub_client = aioredis.Redis(host=address[0], port=address[1],
+                                                 **self.target.redis_py_kwargs())
 
     def _redis_py_client(self) -> Any:
         """The redis-py client for pub/sub: behind Sentinel one whose every new connection
