@@ -65,17 +65,35 @@ def backend_url(backend_server: Any) -> str:
     return backend_server.url
 
 
-@pytest.fixture(params=["redis", "memory", "split"])
+@pytest.fixture(scope="session")
+def cluster_nodes_for_layouts() -> Iterator[Any]:
+    """A Redis Cluster (3 masters, 3 replicas) for the ``cluster`` layout, made once."""
+    from tests.cluster_nodes import ClusterNodes  # imports aioqueue.testing: late, as above
+
+    nodes = ClusterNodes()
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.cleanup()
+
+
+@pytest.fixture(params=["redis", "memory", "split", "cluster"])
 async def any_app(request: pytest.FixtureRequest) -> AsyncIterator[AioQueue]:
     """The ``app`` settings on each layout in turn: a test using this must pass on all --
-    one Redis, the in-process memory broker, and ``split``: results on another server than
-    the queues (``result_backend`` apart from ``broker_url``).
+    one Redis, the in-process memory broker, ``split`` (results on another server than the
+    queues: ``result_backend`` apart from ``broker_url``) and ``cluster`` (a Redis Cluster,
+    ``redis+cluster://``, the app in one slot).
 
     Tests change a setting with ``any_app.conf.update(...)`` before their first broker call.
     """
     backend = None
     if request.param == "memory":
         url = "memory://"
+    elif request.param == "cluster":
+        nodes = request.getfixturevalue("cluster_nodes_for_layouts")
+        nodes.flush()
+        url = nodes.url()
     else:
         url = request.getfixturevalue("redis_url")
         if request.param == "split":

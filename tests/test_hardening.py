@@ -389,11 +389,9 @@ async def test_a_graceful_stop_during_an_outage_ends_in_bounded_time() -> None:
 
 # -- B11: nobody listening, nothing piles up -----------------------------------------------
 async def test_reply_lists_are_capped_on_both_brokers(both: AioQueue) -> None:
-    from aioqueue._keys import Keys
-
     app = both
     app.broker.reply_cap = 1_000  # type: ignore[attr-defined]  # the real cap, made small
-    reply_to = Keys().reply("cd" * 16)
+    reply_to = app.keys.reply("cd" * 16)
     outcomes = [Outcome(task_id=f"t{i}", record=b"r", reply_to=reply_to) for i in range(1_050)]
     for start in range(0, len(outcomes), 500):
         assert await app.broker.settle(outcomes[start:start + 500]) == []
@@ -407,9 +405,7 @@ async def test_a_producer_far_behind_its_replies_loses_none(both: AioQueue) -> N
     """A producer that sent 20,000 tasks in one go falls that far behind its reply list; at
     the old cap of 10,000 the trim dropped half of them and every dropped handle waited a
     second for its fallback re-read."""
-    from aioqueue._keys import Keys
-
-    reply_to = Keys().reply("ef" * 16)
+    reply_to = both.keys.reply("ef" * 16)
     outcomes = [Outcome(task_id=f"t{i}", record=b"r", reply_to=reply_to) for i in range(20_000)]
     for start in range(0, len(outcomes), 500):
         assert await both.broker.settle(outcomes[start:start + 500]) == []
