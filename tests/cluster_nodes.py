@@ -10,8 +10,10 @@ import shutil
 import socket
 import subprocess
 import time
+from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
 from aioqueue.broker._cluster import key_slot
 from aioqueue.testing import RedisServer, free_port
@@ -135,3 +137,14 @@ class ClusterNodes:
             with self.client(port) as client:
                 client.flushall()
 
+
+
+def raw_client(url: str) -> Any:
+    """A plain redis-py client for ``url``: a cluster client for ``redis+cluster://``
+    (``tests/fault_app.py`` counts its runs with it)."""
+    if url.startswith("redis+cluster://"):
+        from redis.asyncio.cluster import RedisCluster
+
+        host, _, port = url.removeprefix("redis+cluster://").split(",")[0].partition(":")
+        return RedisCluster(host=host, port=int(port), socket_connect_timeout=1.0)
+    return aioredis.Redis.from_url(url, socket_connect_timeout=1.0)

@@ -7,8 +7,9 @@ environment so each test can tune it:
 * ``FAULT_VT`` -- visibility_timeout (s), ``FAULT_SHUTDOWN_TIMEOUT`` -- shutdown_timeout (s),
   ``FAULT_CONNECTION_TIMEOUT`` -- broker_connection_timeout (s), ``FAULT_MAX_DELIVERIES``.
 
-Tasks count their own executions in the Redis hash ``fault:runs`` (field = the key they were
-given), and log ``KEY PID`` to the list ``fault:log``, through a plain redis client: a test
+Tasks count their own executions in the Redis hash ``{fault}:runs`` (field = the key they
+were given), and log ``KEY PID`` to the list ``{fault}:log``, through a plain redis client
+(a cluster client on ``redis+cluster://``; the tag keeps both in one slot): a test
 fixture may use redis directly.
 """
 
@@ -19,15 +20,15 @@ import os
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
+from cluster_nodes import raw_client  # tests/ is this module's directory (cwd)
 from redis import exceptions as redis_errors
 
 from aioqueue import AioQueue
 
 URL = os.environ.get("FAULT_REDIS_URL", "redis://127.0.0.1:6379/0")
-RUNS_KEY = "fault:runs"
+RUNS_KEY = "{fault}:runs"
 #: One "KEY PID" entry per execution, in order: which process ran what.
-LOG_KEY = "fault:log"
+LOG_KEY = "{fault}:log"
 
 app = AioQueue(
     "fault_app",
@@ -43,14 +44,19 @@ app = AioQueue(
 _client: Any = None
 
 
-async def _count_run(key: str) -> int:
-    """HINCRBY fault:runs KEY 1, retrying while Redis is away (the restart test)."""
+def _redis() -> Any:
     global _client
     if _client is None:
-        _client = aioredis.Redis.from_url(URL, socket_connect_timeout=1.0)
+        _client = raw_client(URL)
+    return _client
+
+
+async def _count_run(key: str) -> int:
+    """HINCRBY {fault}:runs KEY 1, retrying while Redis is away (the restart test)."""
+    client = _redis()
     for _ in range(300):
         try:
-            async with _client.pipeline(transaction=True) as pipe:
+            async with client.pipeline(transaction=True) as pipe:
                 pipe.hincrby(RUNS_KEY, key, 1)
                 pipe.rpush(LOG_KEY, f"{key} {os.getpid()}")
                 count, _ = await pipe.execute()
@@ -88,10 +94,7 @@ SPANS_KEY = "fault:spans"
 
 
 async def _note(*fields: object) -> None:
-    global _client
-    if _client is None:
-        _client = aioredis.Redis.from_url(URL, socket_connect_timeout=1.0)
-    await _client.rpush(SPANS_KEY, "|".join(str(f) for f in fields))
+    await _redis().rpush(SPANS_KEY, "|".join(str(f) for f in fields))
 
 
 @app.task(name="fault.limited", rate_limit=os.environ.get("FAULT_RATE", "50/s"))

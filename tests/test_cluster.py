@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -24,7 +25,8 @@ from aioqueue.broker import create_broker, redact_url
 from aioqueue.broker._cluster import Cluster
 from aioqueue.broker._url import parse_redis_url
 from aioqueue.errors import BrokerError, ConfigurationError, NotRegistered
-from tests.cluster_nodes import SLOT, ClusterNodes
+from tests.cluster_nodes import SLOT, ClusterNodes, raw_client
+from tests.test_faults import CliWorkers, producer_app, sigkill_soak
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -251,6 +253,23 @@ async def test_the_core_api_in_one_slot(cluster: ClusterNodes, apps: list[AioQue
 
 
 # -- the slot moves (MOVED) ----------------------------------------------------------------
+async def test_sigkill_workers_at_random_loses_nothing_on_a_cluster(
+        cluster: ClusterNodes, tmp_path: Path) -> None:
+    """The fault suite's SIGKILL soak (tests/test_faults.py), on the cluster: three CLI
+    workers, one killed every second, 2,000 tasks; nothing lost, nothing run twice after a
+    live worker's run."""
+    url = cluster.url()
+    workers = CliWorkers(tmp_path, url)
+    producer = producer_app(url)
+    raw = raw_client(url)
+    try:
+        await sigkill_soak(workers, producer, raw, label="sigkill on a cluster")
+    finally:
+        workers.close()
+        await producer.close()
+        await raw.aclose()
+
+
 async def test_a_moved_slot_is_followed(cluster: ClusterNodes, apps: list[AioQueue]) -> None:
     """Migrate the app's slot to another master while producer and worker hold sockets to
     the old one: their next commands get -MOVED, ask the cluster again and go there."""
