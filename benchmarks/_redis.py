@@ -29,12 +29,15 @@ class RedisServer:
     in the numbers, and the server only listens on 127.0.0.1.
     """
 
-    def __init__(self, binary: str = "redis-server") -> None:
+    def __init__(self, binary: str = "redis-server", extra_args: tuple[str, ...] = (),
+                 port: int = 0) -> None:
         # /usr/bin is the Debian package's location, for PATHs that lack it.
         found = shutil.which(binary) or shutil.which(binary, path="/usr/bin")
         if not found:
             raise RuntimeError(f"{binary} not found on PATH")
         self.binary = found
+        self.extra_args = extra_args  # e.g. cluster mode (benchmarks/_cluster.py)
+        self.fixed_port = port  # 0: a free one at start()
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -58,7 +61,7 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self._tmp = tempfile.TemporaryDirectory(prefix="aioqueue-bench-redis-")
-        self.port = free_loopback_port()
+        self.port = self.fixed_port or free_loopback_port()
         log = Path(self._tmp.name) / "redis.log"
         cmd = [
             self.binary,
@@ -69,6 +72,7 @@ class RedisServer:
             "--dir", self._tmp.name,
             "--logfile", str(log),
             "--protected-mode", "yes",
+            *self.extra_args,
         ]  # fmt: skip
         # Own session: a terminal Ctrl-C reaches only the harness, which then stops
         # redis itself after the workers (so no worker sees redis vanish first).

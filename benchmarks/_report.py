@@ -46,6 +46,16 @@ FLOW_METRICS: list[Metric] = [
     Metric("redis_cpu", "redis CPU s / 10k tasks", False, "{:.2f}"),
 ]
 
+# "Redis Cluster vs single server" (benchmarks/_cluster.py): one row per metric, one
+# column per broker, medians over rounds, plus the median of per-round cluster / single.
+CLUSTER_METRICS: list[Metric] = [
+    Metric("throughput", "worker tasks/s (drain)", True, "{:,.0f}"),
+    Metric("rtt_p50", "round trip p50 ms", False, "{:.2f}"),
+    Metric("rtt_p99", "round trip p99 ms", False, "{:.2f}"),
+    Metric("worker_cpu", "worker CPU s / 10k tasks (drain)", False, "{:.2f}"),
+    Metric("redis_cpu", "redis CPU s / 10k tasks (drain)", False, "{:.2f}"),
+]
+
 
 @dataclass
 class Results:
@@ -59,6 +69,12 @@ class Results:
     #: round number -> variant -> metric -> value (rounds kept apart for paired ratios).
     flow: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
     flow_errors: dict[str, list[str]] = field(default_factory=dict)
+    #: Cluster section: (key, label) of each broker, the first being the baseline; empty
+    #: when the section did not run.
+    cluster_targets: list[tuple[str, str]] = field(default_factory=list)
+    #: round number -> broker -> metric -> value.
+    cluster: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    cluster_errors: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, lib: str, metric: str, value: float) -> None:
         if not math.isnan(value):
@@ -203,6 +219,95 @@ class Results:
             out[key] = entry
         return out
 
+    # -- Redis Cluster vs single server ------------------------------------------------------
+    def cluster_add(self, rnd: int, target: str, metric: str, value: float) -> None:
+        if not math.isnan(value):
+            self.cluster.setdefault(rnd, {}).setdefault(target, {})[metric] = value
+
+    def cluster_error(self, rnd: int, target: str, exc: BaseException) -> None:
+        msg = (str(exc).strip().splitlines() or [""])[0][:160]
+        self.cluster_errors.setdefault(target, []).append(
+            f"round {rnd}: {type(exc).__name__}: {msg}")
+
+    def cluster_samples(self, target: str, metric: str) -> list[float]:
+        return [v[target][metric] for _, v in sorted(self.cluster.items())
+                if metric in v.get(target, {})]
+
+    def cluster_ratios(self, target: str, metric: str) -> list[float]:
+        """target / baseline of each round where both have the metric (paired)."""
+        base = self.cluster_targets[0][0]
+        out = []
+        for _, v in sorted(self.cluster.items()):
+            a, b = v.get(target, {}).get(metric), v.get(base, {}).get(metric)
+            if a is not None and b:
+                out.append(a / b)
+        return out
+
+    def cluster_header(self) -> list[str]:
+        base, *others = self.cluster_targets
+        return ["metric", *(label for _, label in self.cluster_targets),
+                *(f"{k} / {base[0]}" for k, _ in others),
+                "per round (" + " / ".join(k for k, _ in self.cluster_targets) + ")"]
+
+    def cluster_rows(self) -> list[list[str]]:
+        rows = []
+        keys = [k for k, _ in self.cluster_targets]
+        for m in CLUSTER_METRICS:
+            arrow = "↑" if m.higher_is_better else "↓"
+            cells = []
+            for k in keys:
+                vals = self.cluster_samples(k, m.key)
+                cells.append(m.fmt.format(statistics.median(vals)) if vals else (
+                    "error" if k in self.cluster_errors else "—"))
+            ratios = []
+            for k in keys[1:]:
+                rs = self.cluster_ratios(k, m.key)
+                if rs:
+                    r = statistics.median(rs)
+                    ratios.append(f"{r:.2f}x ({(r - 1) * 100:+.0f} %)")
+                else:
+                    ratios.append("—")
+            per_round = " · ".join(
+                " / ".join(m.fmt.format(v[k][m.key]) if m.key in v.get(k, {}) else "err"
+                           for k in keys)
+                for _, v in sorted(self.cluster.items()))
+            rows.append([f"{m.label} {arrow}", *cells, *ratios, per_round])
+        return rows
+
+    def cluster_rich_table(self, title: str) -> Table:
+        table = Table(title=title, show_lines=False)
+        for i, h in enumerate(self.cluster_header()):
+            table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+        for row in self.cluster_rows():
+            table.add_row(*row)
+        return table
+
+    def cluster_markdown_table(self) -> str:
+        header = self.cluster_header()
+        lines = [
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join(["---", *["---:"] * (len(header) - 1)]) + "|",
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in self.cluster_rows()]
+        return "\n".join(lines)
+
+    def cluster_json(self) -> dict[str, Any]:
+        base = self.cluster_targets[0][0]
+        out: dict[str, Any] = {}
+        for key, label in self.cluster_targets:
+            entry: dict[str, Any] = {"label": label}
+            for m in CLUSTER_METRICS:
+                vals = self.cluster_samples(key, m.key)
+                entry[m.key] = {"median": statistics.median(vals) if vals else None,
+                                "samples": vals}
+                if key != base:
+                    rs = self.cluster_ratios(key, m.key)
+                    entry[m.key][f"vs_{base}"] = {
+                        "median": statistics.median(rs) if rs else None, "samples": rs}
+            entry["errors"] = self.cluster_errors.get(key, [])
+            out[key] = entry
+        return out
+
     def rich_table(self, title: str) -> Table:
         table = Table(title=title, show_lines=False)
         for i, h in enumerate(self.header()):
@@ -294,6 +399,13 @@ def write_outputs(
             "rounds": config.get("flow_rounds"),
             "variants": res.flow_json(),
         }
+    if res.cluster_targets:
+        payload["cluster"] = {
+            "n": config.get("cluster_n"),
+            "k": config.get("cluster_k"),
+            "rounds": config.get("cluster_rounds"),
+            "targets": res.cluster_json(),
+        }
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
 
     pkgs = ", ".join(f"{k[4:]} {v}" for k, v in machine.items() if k.startswith("pkg:"))
@@ -348,6 +460,26 @@ def write_outputs(
         errs = [(v, e) for v, _ in res.flow_variants for e in res.flow_errors.get(v, [])]
         if errs:
             md += ["", "Errors:", ""] + [f"- {v}: {e}" for v, e in errs]
+    if res.cluster_targets:
+        if res.libs or res.flow_variants:
+            md.append("")
+        md += [
+            "## Redis Cluster vs single server",
+            "",
+            "aioqueue on a local Redis Cluster of 3 masters (no replicas; the app's keys in "
+            "the slot of `{aioqueue}`) and on the single redis-server, same machine, "
+            f"{config.get('cluster_rounds')} interleaved rounds: per broker and round, one "
+            f"default worker drains a pre-filled queue of {config.get('cluster_n', 0):,} "
+            f"no-ops, then serves {config.get('cluster_k')} sequential round trips "
+            "`await (await add.delay(1, 2))`. Cells are medians over rounds; `cluster / "
+            "single` is the median of each round's ratio; redis CPU is the server (on the "
+            "cluster: the master owning the slot).",
+            "",
+            res.cluster_markdown_table(),
+        ]
+        errs = [(t, e) for t, _ in res.cluster_targets for e in res.cluster_errors.get(t, [])]
+        if errs:
+            md += ["", "Errors:", ""] + [f"- {t}: {e}" for t, e in errs]
     md += ["", "Method: see benchmarks/README.md.", ""]
     md_path.write_text("\n".join(md))
     return json_path, md_path

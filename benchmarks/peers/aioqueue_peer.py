@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from typing import Any
 
-from benchmarks.peers.base import Peer, fresh_import, venv_bin
+from benchmarks.peers.base import REDIS_URL_ENV, Peer, fresh_import, venv_bin
 
 
 class AioqueuePeer(Peer):
@@ -71,3 +72,27 @@ class AioqueueFlowPeer(AioqueuePeer):
 
     name = "aioqueue (flow control)"
     tasks_module = "benchmarks.peers.aioqueue_flow_tasks"
+
+
+class AioqueueUrlPeer(AioqueuePeer):
+    """The main table's aioqueue tasks and worker on a broker URL of its own
+    (``redis_url``, e.g. ``redis+cluster://...``): the "Redis Cluster vs single server"
+    section (``benchmarks/_cluster.py``). Not a column of the main table."""
+
+    name = "aioqueue (cluster section)"
+
+    def worker_cmd(self, concurrency: int | None) -> tuple[list[str], dict[str, str]]:
+        cmd, env = super().worker_cmd(concurrency)
+        return cmd, {**env, REDIS_URL_ENV: self.redis_url}
+
+    async def connect(self) -> None:
+        # The task module reads the URL from the environment at import.
+        before = os.environ.get(REDIS_URL_ENV)
+        os.environ[REDIS_URL_ENV] = self.redis_url
+        try:
+            await super().connect()
+        finally:
+            if before is None:
+                os.environ.pop(REDIS_URL_ENV, None)
+            else:
+                os.environ[REDIS_URL_ENV] = before
