@@ -10,6 +10,8 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -148,3 +150,14 @@ def raw_client(url: str) -> Any:
         host, _, port = url.removeprefix("redis+cluster://").split(",")[0].partition(":")
         return RedisCluster(host=host, port=int(port), socket_connect_timeout=1.0)
     return aioredis.Redis.from_url(url, socket_connect_timeout=1.0)
+
+
+@contextmanager
+def running_cluster() -> Iterator[ClusterNodes]:
+    """A started cluster, stopped and removed afterwards."""
+    nodes = ClusterNodes()
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.cleanup()

@@ -68,14 +68,10 @@ def backend_url(backend_server: Any) -> str:
 @pytest.fixture(scope="session")
 def cluster_nodes_for_layouts() -> Iterator[Any]:
     """A Redis Cluster (3 masters, 3 replicas) for the ``cluster`` layout, made once."""
-    from tests.cluster_nodes import ClusterNodes  # imports aioqueue.testing: late, as above
+    from tests.cluster_nodes import running_cluster  # imports aioqueue.testing: late
 
-    nodes = ClusterNodes()
-    try:
-        nodes.start()
+    with running_cluster() as nodes:
         yield nodes
-    finally:
-        nodes.cleanup()
 
 
 @pytest.fixture(params=["redis", "memory", "split", "cluster"])

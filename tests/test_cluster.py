@@ -25,7 +25,14 @@ from aioqueue.broker import create_broker, redact_url
 from aioqueue.broker._cluster import Cluster
 from aioqueue.broker._url import parse_redis_url
 from aioqueue.errors import BrokerError, ConfigurationError, NotRegistered
-from tests.cluster_nodes import SLOT, ClusterNodes, raw_client
+from tests.cluster_nodes import SLOT, ClusterNodes, raw_client, running_cluster
+from tests.failover import (
+    first_result_after,
+    results,
+    since,
+    wait_promoted,
+    wait_subscribed,
+)
 from tests.test_faults import CliWorkers, producer_app, sigkill_soak
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -110,12 +117,9 @@ def test_the_prefix_needs_a_hash_tag() -> None:
 # -- the servers: tests/cluster_nodes.py ------------------------------------------------
 @pytest.fixture(scope="module")
 def cluster_nodes() -> Iterator[ClusterNodes]:
-    nodes = ClusterNodes()
-    try:
-        nodes.start()
+    """A cluster of this module's own: its last tests move a slot and kill a master."""
+    with running_cluster() as nodes:
         yield nodes
-    finally:
-        nodes.cleanup()
 
 
 @pytest.fixture
@@ -374,13 +378,13 @@ async def test_failover_loses_no_confirmed_task(cluster: ClusterNodes,
         await asyncio.sleep(2.0)
         cluster.server(owner).stop(kill=True)  # SIGKILL
         killed_at = time.monotonic()
-        resubscribing = asyncio.create_task(_wait_subscribed(replica, 20.0))
-        promoted_at = await _wait_promoted(replica, timeout=20.0)
+        resubscribing = asyncio.create_task(wait_subscribed(replica, f"{PREFIX}:control", 20.0))
+        promoted_at = await wait_promoted(replica, timeout=20.0)
         await sending
         guaranteed = confirmed | after_kill
-        done = await _results({i: handles[i] for i in guaranteed}, timeout=25.0)
-        rest = await _results({i: handles[i] for i in unconfirmed}, timeout=5.0)
-        first_done_after = await _first_result_after(handles, after_kill)
+        done = await results({i: handles[i] for i in guaranteed}, timeout=25.0)
+        rest = await results({i: handles[i] for i in unconfirmed}, timeout=5.0)
+        first_done_after = await first_result_after(handles, after_kill)
         subscribed = await resubscribing
     await checker.aclose()
 
@@ -388,8 +392,8 @@ async def test_failover_loses_no_confirmed_task(cluster: ClusterNodes,
     lost = sorted(guaranteed - done.keys())
     print(
         f"\ncluster failover: replica {replica} promoted {promoted_at - killed_at:.2f}s after "
-        f"SIGKILL of {owner}; first task accepted {_since(first_accepted_after, killed_at)} "
-        f"and first result {_since(first_done_after, killed_at)} after it; longest delay() "
+        f"SIGKILL of {owner}; first task accepted {since(first_accepted_after, killed_at)} "
+        f"and first result {since(first_done_after, killed_at)} after it; longest delay() "
         f"batch {longest_send:.2f}s; control channel back after "
         f"{subscribed - killed_at:.2f}s\n"
         f"tasks: accepted {len(handles)} (confirmed by WAIT before the kill {len(confirmed)}, "
@@ -403,51 +407,10 @@ async def test_failover_loses_no_confirmed_task(cluster: ClusterNodes,
     assert all(done[i] == i for i in done)
 
 
-def _since(moment: float | None, start: float) -> str:
-    return "never" if moment is None else f"{moment - start:.2f}s"
 
 
-async def _wait_promoted(port: int, timeout: float) -> float:
-    async with aioredis.Redis(port=port) as client:
-        deadline = time.monotonic() + timeout
-        while (await client.execute_command("ROLE"))[0] != b"master":
-            assert time.monotonic() < deadline, "the replica was not promoted"
-            await asyncio.sleep(0.05)
-        return time.monotonic()
 
 
-async def _wait_subscribed(port: int, timeout: float) -> float:
-    async with aioredis.Redis(port=port) as client:
-        deadline = time.monotonic() + timeout
-        while (await client.pubsub_numsub(f"{PREFIX}:control"))[0][1] < 1:
-            assert time.monotonic() < deadline, "the control channel did not resubscribe"
-            await asyncio.sleep(0.05)
-        return time.monotonic()
 
 
-async def _results(handles: dict[int, AsyncResult[Any]], timeout: float) -> dict[int, Any]:
-    """The results that arrive within ``timeout`` (all of them, waited for together)."""
-    async def one(i: int, handle: AsyncResult[Any]) -> tuple[int, Any]:
-        return i, await handle
 
-    tasks = [asyncio.create_task(one(i, h)) for i, h in handles.items()]
-    if not tasks:
-        return {}
-    done, pending = await asyncio.wait(tasks, timeout=timeout)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    return dict(task.result() for task in done if task.exception() is None)
-
-
-async def _first_result_after(handles: dict[int, AsyncResult[Any]],
-                              after_kill: set[int]) -> float | None:
-    """When the first task sent after the kill got its result (from its stored record)."""
-    times = []
-    for i in after_kill:
-        info = await handles[i].info()
-        if info.date_done is not None:
-            times.append(info.date_done.timestamp())
-    if not times:
-        return None
-    return min(times) - time.time() + time.monotonic()

@@ -30,6 +30,13 @@ from aioqueue.broker._resp import RespConnection, RespError
 from aioqueue.broker._url import parse_redis_url
 from aioqueue.errors import ConfigurationError
 from aioqueue.testing import RedisServer, free_port
+from tests.failover import (
+    first_result_after,
+    results,
+    since,
+    wait_promoted,
+    wait_subscribed,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.sentinel]
 
@@ -395,15 +402,16 @@ async def test_failover_loses_no_confirmed_task(sentinel_set: SentinelSet,
         assert sentinel_set.replica is not None
         # Remote control follows too: the worker's control channel resubscribes on the new
         # master (redis-py's Sentinel client asks the sentinels again).
-        resubscribing = asyncio.create_task(_wait_subscribed(sentinel_set.replica.port, 20.0))
+        resubscribing = asyncio.create_task(
+            wait_subscribed(sentinel_set.replica.port, "aioqueue:control", 20.0))
         named = asyncio.create_task(_wait_named(sentinel_set, sentinel_set.replica.port, 20.0))
-        promoted_at = await _wait_promoted(sentinel_set.replica.port, timeout=20.0)
+        promoted_at = await wait_promoted(sentinel_set.replica.port, timeout=20.0)
         await sending
 
         guaranteed = confirmed | after_kill
-        done = await _results({i: handles[i] for i in guaranteed}, timeout=25.0)
-        rest = await _results({i: handles[i] for i in unconfirmed}, timeout=5.0)
-        first_done_after = await _first_result_after(handles, after_kill)
+        done = await results({i: handles[i] for i in guaranteed}, timeout=25.0)
+        rest = await results({i: handles[i] for i in unconfirmed}, timeout=5.0)
+        first_done_after = await first_result_after(handles, after_kill)
         subscribed, named_at = await resubscribing, await named
     await checker.aclose()
     await manager.aclose()
@@ -413,8 +421,8 @@ async def test_failover_loses_no_confirmed_task(sentinel_set: SentinelSet,
     print(
         f"\nfailover: replica promoted {promoted_at - killed_at:.2f}s after SIGKILL, named "
         f"by the sentinels after {named_at - killed_at:.2f}s; first task "
-        f"accepted {_since(first_accepted_after, killed_at)} and first result "
-        f"{_since(first_done_after, killed_at)} after it; longest delay() batch "
+        f"accepted {since(first_accepted_after, killed_at)} and first result "
+        f"{since(first_done_after, killed_at)} after it; longest delay() batch "
         f"{longest_send:.2f}s; control channel back after {subscribed - killed_at:.2f}s\n"
         f"tasks: accepted {len(handles)} (confirmed by WAIT before the kill {len(confirmed)}, "
         f"in flight at the kill {len(unconfirmed)}, sent after it {len(after_kill)}); "
@@ -427,20 +435,8 @@ async def test_failover_loses_no_confirmed_task(sentinel_set: SentinelSet,
     assert all(done[i] == i for i in done)
 
 
-def _since(moment: float | None, start: float) -> str:
-    return "never" if moment is None else f"{moment - start:.2f}s"
 
 
-async def _wait_promoted(port: int, timeout: float) -> float:
-    client = aioredis.Redis(port=port)
-    try:
-        deadline = time.monotonic() + timeout
-        while (await client.execute_command("ROLE"))[0] != b"master":
-            assert time.monotonic() < deadline, "the replica was not promoted"
-            await asyncio.sleep(0.05)
-        return time.monotonic()
-    finally:
-        await client.aclose()
 
 
 async def _wait_named(servers: SentinelSet, port: int, timeout: float) -> float:
@@ -456,45 +452,10 @@ async def _wait_named(servers: SentinelSet, port: int, timeout: float) -> float:
         await client.aclose()
 
 
-async def _wait_subscribed(port: int, timeout: float) -> float:
-    client = aioredis.Redis(port=port)
-    try:
-        deadline = time.monotonic() + timeout
-        while (await client.pubsub_numsub("aioqueue:control"))[0][1] < 1:
-            assert time.monotonic() < deadline, "the control channel did not resubscribe"
-            await asyncio.sleep(0.05)
-        return time.monotonic()
-    finally:
-        await client.aclose()
 
 
-async def _results(handles: dict[int, AsyncResult[Any]], timeout: float) -> dict[int, Any]:
-    """The results that arrive within ``timeout`` (all of them, waited for together)."""
-    async def one(i: int, handle: AsyncResult[Any]) -> tuple[int, Any]:
-        return i, await handle
-
-    tasks = [asyncio.create_task(one(i, h)) for i, h in handles.items()]
-    if not tasks:
-        return {}
-    done, pending = await asyncio.wait(tasks, timeout=timeout)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    return dict(task.result() for task in done if task.exception() is None)
 
 
-async def _first_result_after(handles: dict[int, AsyncResult[Any]],
-                              after_kill: set[int]) -> float | None:
-    """When the first task sent after the kill got its result (from its stored record)."""
-    times = []
-    for i in after_kill:
-        info = await handles[i].info()
-        if info.date_done is not None:
-            times.append(info.date_done.timestamp())
-    if not times:
-        return None
-    # date_done is wall-clock time: convert to the monotonic clock of killed_at.
-    return min(times) - time.time() + time.monotonic()
 
 
 async def test_an_old_master_is_left_before_its_demotion(sentinel_set: SentinelSet,
@@ -542,7 +503,7 @@ async def test_an_old_master_is_left_before_its_demotion(sentinel_set: SentinelS
         old.process.send_signal(signal.SIGSTOP)
         frozen_at = time.monotonic()
         try:
-            promoted_at = await _wait_promoted(sentinel_set.replica.port, timeout=20.0)
+            promoted_at = await wait_promoted(sentinel_set.replica.port, timeout=20.0)
         finally:
             old.process.send_signal(signal.SIGCONT)
         woke_at = time.monotonic()
@@ -555,9 +516,9 @@ async def test_an_old_master_is_left_before_its_demotion(sentinel_set: SentinelS
         stop.set()
         await sending
         after = {i: h for i, h in handles.items() if sent_at[i] > left_at}
-        done_after = await _results(after, timeout=15.0)
+        done_after = await results(after, timeout=15.0)
         earlier = {i: h for i, h in handles.items() if sent_at[i] <= left_at}
-        done_earlier = await _results(earlier, timeout=5.0)
+        done_earlier = await results(earlier, timeout=5.0)
 
     in_window = [i for i in earlier if sent_at[i] >= woke_at]
     print(
