@@ -622,13 +622,12 @@ class AioQueue:
 
     def queue_for(self, task_name: str, queue: str | None = None) -> str:
         """Where a call goes: the call's queue, the task's, its route, or the default."""
-        return self._route(task_name, (), {}, queue)[0]
+        return self._route(task_name, (), {}, queue, self.tasks.get(task_name))[0]
 
     def _route(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-               queue: str | None) -> tuple[str, int | None]:
+               queue: str | None, task: Task[Any, Any] | None) -> tuple[str, int | None]:
         """(queue, route priority) of a call, in Celery's order: the call's queue, the
         task's, then ``task_routes`` (which may also give a priority), then the default."""
-        task = self.tasks.get(name)
         route: Route | None = None
         routes = self.conf.task_routes
         # Only a plain empty dict routes nothing (a TaskRoutes of patterns is an empty dict).
@@ -681,7 +680,7 @@ class AioQueue:
         if expires is None and task is not None and task.options.expires is not None:
             expires = task.options.expires
         expires_at = None if expires is None else when_to_epoch(expires, now)
-        target, route_priority = self._route(name, args, kwargs, queue)
+        target, route_priority = self._route(name, args, kwargs, queue, task)
         task_id = task_id or new_task_id()
         headers = self.message_headers
         opts = task.options if task is not None else None

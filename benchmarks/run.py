@@ -348,23 +348,31 @@ class Bench:
             finally:
                 self.progress.advance(self.bar)
 
+    async def _prefill(self, peer: Any, fill: Any, n: int, timeout: float,
+                       label: str) -> tuple[Any, Any]:
+        """Fill the queue with ``n`` tasks through ``peer`` and close it (nobody awaits the
+        handles: the producer is gone before the worker starts); returns the streams to
+        poll and the result keys to check."""
+        await peer.connect()
+        try:
+            self._step(f"{label}: fill {n}")
+            app = peer.tasks.app
+            streams = _flow.stream_keys(app)
+            ids = await guarded(fill(peer.tasks, n), None, timeout)
+            results = _flow.result_keys(app, ids)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(peer.close(), 10)
+        if len(ids) != n:
+            raise RuntimeError(f"filled {len(ids)} tasks, not {n}")
+        return streams, results
+
     async def flow_drain(self, rnd: int, variant: _flow.Variant, label: str) -> None:
         cfg = self.cfg
         await self.redis.flushall()
         peer = AioqueueFlowPeer(self.server.url)
-        await peer.connect()
-        try:
-            self._step(f"{label}: fill {cfg.flow_n}")
-            app = peer.tasks.app
-            streams = _flow.stream_keys(app)
-            ids = await guarded(variant.fill(peer.tasks, cfg.flow_n), None, cfg.flow_timeout)
-            results = _flow.result_keys(app, ids)
-        finally:
-            # Nobody awaits the handles: the producer is gone before the worker starts.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(peer.close(), 10)
-        if len(ids) != cfg.flow_n:
-            raise RuntimeError(f"filled {len(ids)} tasks, not {cfg.flow_n}")
+        streams, results = await self._prefill(peer, variant.fill, cfg.flow_n,
+                                               cfg.flow_timeout, label)
         cmd, extra_env = peer.worker_cmd(None)
         w = WorkerProcess(peer.name, cmd, self.worker_env(extra_env),
                           self.logdir / f"flow-{variant.key}-r{rnd}.log")
@@ -413,20 +421,8 @@ class Bench:
             masters = self.cluster_masters
         await _cluster.flush_all(masters)
         peer = AioqueueUrlPeer(url)
-        await peer.connect()
-        try:
-            self._step(f"{label}: fill {cfg.cluster_n}")
-            app = peer.tasks.app
-            streams = _flow.stream_keys(app)
-            ids = await guarded(_flow.fill_plain(peer.tasks, cfg.cluster_n), None,
-                                cfg.cluster_timeout)
-            results = _flow.result_keys(app, ids)
-        finally:
-            # Nobody awaits the handles: the producer is gone before the worker starts.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(peer.close(), 10)
-        if len(ids) != cfg.cluster_n:
-            raise RuntimeError(f"filled {len(ids)} tasks, not {cfg.cluster_n}")
+        streams, results = await self._prefill(peer, _flow.fill_plain, cfg.cluster_n,
+                                               cfg.cluster_timeout, label)
         cmd, extra_env = peer.worker_cmd(None)
         w = WorkerProcess(peer.name, cmd, self.worker_env(extra_env),
                           self.logdir / f"cluster-{target}-r{rnd}.log")

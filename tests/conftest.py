@@ -33,6 +33,15 @@ async def app(redis_url: str) -> AsyncIterator[AioQueue]:
 
 
 @pytest.fixture
+async def apps() -> AsyncIterator[list[AioQueue]]:
+    """Apps a test makes (it appends them), closed after it."""
+    made: list[AioQueue] = []
+    yield made
+    for application in made:
+        await application.close()
+
+
+@pytest.fixture
 async def memory_app() -> AsyncIterator[AioQueue]:
     """An app on the in-process memory broker."""
     application = AioQueue("tests", broker="memory://", delayed_poll_interval=0.02)

@@ -7,7 +7,7 @@ each configures an app that runs tasks end to end on the session's real Redis.
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -61,14 +61,6 @@ def config_broker(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
         monkeypatch.delitem(sys.modules, name, raising=False)
     yield redis_url
 
-
-@pytest.fixture
-async def apps() -> AsyncIterator[list[AioQueue]]:
-    """Apps made by a test, closed after it."""
-    made: list[AioQueue] = []
-    yield made
-    for application in made:
-        await application.close()
 
 
 def new_app(apps: list[AioQueue], name: str = "celerycfg", **settings: Any) -> AioQueue:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,14 +174,6 @@ def make_app(url: str, ran: list[int] | None = None,
 
     return app
 
-
-@pytest.fixture
-async def apps() -> AsyncIterator[list[AioQueue]]:
-    """Apps a test makes (append them), closed after it."""
-    made: list[AioQueue] = []
-    yield made
-    for app in made:
-        await app.close()
 
 
 # -- the core API in one slot --------------------------------------------------------------

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,14 +267,6 @@ def make_app(url: str, ran: list[int] | None = None) -> AioQueue:
 
     return app
 
-
-@pytest.fixture
-async def apps() -> AsyncIterator[list[AioQueue]]:
-    """Apps a test makes (append them), closed after it."""
-    made: list[AioQueue] = []
-    yield made
-    for app in made:
-        await app.close()
 
 
 # -- through the sentinels -----------------------------------------------------------------

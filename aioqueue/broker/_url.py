@@ -306,16 +306,24 @@ def _cluster_nodes(
     from ._cluster import DEFAULT_CLUSTER_PORT
 
     spelling = "redis+cluster://[user:password@]host1:port,host2:port,.../"
+    return _host_list(parts.netloc.rpartition("@")[2], DEFAULT_CLUSTER_PORT, "node", spelling,
+                      bad)
+
+
+def _host_list(netloc: str, default_port: int, what: str, spelling: str,
+               bad: Callable[[str], ConfigurationError]) -> tuple[tuple[str, int], ...]:
+    """``host1[:port],host2[:port],...`` (IPv6 in brackets) as (host, port) pairs: the
+    start-up nodes of a cluster, or the sentinels."""
     addresses: list[tuple[str, int]] = []
-    for item in parts.netloc.rpartition("@")[2].split(","):
+    for item in netloc.split(","):
         try:
             one = urlsplit(f"//{item}")
             host, port = unquote(one.hostname or ""), one.port
         except ValueError as exc:
-            raise bad(f"node {item!r} is malformed ({exc})") from None
+            raise bad(f"{what} {item!r} is malformed ({exc})") from None
         if not host:
-            raise bad(f"a node without a host in the list: {spelling}")
-        addresses.append((host, port or DEFAULT_CLUSTER_PORT))
+            raise bad(f"a {what} without a host in the list: {spelling}")
+        addresses.append((host, port or default_port))
     return tuple(addresses)
 
 
@@ -332,16 +340,7 @@ def _sentinel_parts(
         raise bad(f"list every sentinel in one URL: {spelling} (Celery's spelling, "
                   "'sentinel://h1;sentinel://h2' with master_name in its transport options, "
                   "is not read)")
-    addresses: list[tuple[str, int]] = []
-    for item in netloc.split(","):
-        try:
-            one = urlsplit(f"//{item}")
-            host, port = unquote(one.hostname or ""), one.port
-        except ValueError as exc:
-            raise bad(f"sentinel {item!r} is malformed ({exc})") from None
-        if not host:
-            raise bad(f"a sentinel without a host in the list: {spelling}")
-        addresses.append((host, port or DEFAULT_SENTINEL_PORT))
+    addresses = _host_list(netloc, DEFAULT_SENTINEL_PORT, "sentinel", spelling, bad)
     path = parts.path.strip("/")
     segments = [unquote(segment) for segment in path.split("/")] if path else []
     master_name = options.get("master_name")

@@ -120,6 +120,21 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
 
 
+def _key_indexer(keys: list[str]) -> Callable[[str], int]:
+    """``k(key)``: the key's 1-based index in ``keys`` (a script's KEYS), appending it the
+    first time, so a script call lists each key once and names it by index."""
+    index: dict[str, int] = {}
+
+    def k(key: str) -> int:
+        found = index.get(key)
+        if found is None:
+            keys.append(key)
+            found = index[key] = len(keys)
+        return found
+
+    return k
+
+
 class _Blocking:
     """A dedicated connection for one blocking command, unblockable from another one."""
 
@@ -519,14 +534,8 @@ class RedisBroker:
         # One script call: results are stored in the same step as the acks, so a crash can
         # never leave a message acknowledged without its result (or a retry unscheduled).
         keys: list[str] = []
-        index: dict[str, int] = {}  # shared keys (streams, reply lists): each listed once
-
-        def k(key: str) -> int:
-            found = index.get(key)
-            if found is None:
-                keys.append(key)
-                found = index[key] = len(keys)
-            return found
+        # Shared keys (streams, reply lists): each listed once.
+        k = _key_indexer(keys)
 
         def unique(key: str) -> int:
             # A key of one outcome only (its result, its guard): no lookup needed.
@@ -644,15 +653,9 @@ class RedisBroker:
         # a fetched batch is mostly one profile, and packing 12 arguments per run was a
         # tenth of a rate-limited worker's time (py-spy).
         keys_: Keys = self.keys
-        keys: list[str] = [keys_.slot_keys]
-        index: dict[str, int] = {keys[0]: 1}
-
-        def k(key: str) -> int:
-            found = index.get(key)
-            if found is None:
-                keys.append(key)
-                found = index[key] = len(keys)
-            return found
+        keys: list[str] = []
+        k = _key_indexer(keys)
+        k(keys_.slot_keys)  # KEYS[1], as the script expects
 
         profiles: dict[tuple[Any, ...], int] = {}
         profile_args: list[Any] = []
