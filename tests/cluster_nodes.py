@@ -120,9 +120,15 @@ class ClusterNodes:
                     ports.append(server.port)
         return ports
 
-    def replica_of(self, port: int) -> int:
+    def replica_of(self, port: int, timeout: float = SETUP_TIMEOUT_S) -> int:
+        """The port of the master's replica, once it is attached (on a loaded machine its
+        link can be down for a moment, and ROLE then lists no replica)."""
+        deadline = time.monotonic() + timeout
         with self.client(port) as client:
-            role = client.execute_command("ROLE")
+            while not (role := client.execute_command("ROLE"))[2]:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the master on {port} has no replica attached")
+                time.sleep(0.05)
         return int(role[2][0][1])
 
     def server(self, port: int) -> RedisServer:

@@ -337,9 +337,12 @@ async def test_failover_loses_no_confirmed_task(cluster: ClusterNodes,
     longest_send = 0.0
     batch_size, next_id = 20, 0
 
-    async def produce(until: float) -> None:
+    async def produce(until: float, at_the_latest: float) -> None:
         nonlocal next_id, first_accepted_after, longest_send
-        while time.monotonic() < until:
+        # Until `until`, and past it (bounded) until something was sent after the kill: on a
+        # loaded machine the failover can take most of the window.
+        while time.monotonic() < until or (
+                not after_kill and time.monotonic() < at_the_latest):
             started = time.monotonic()
             pre_kill = killed_at is None
             ids = list(range(next_id, next_id + batch_size))
@@ -354,19 +357,21 @@ async def test_failover_loses_no_confirmed_task(cluster: ClusterNodes,
                     first_accepted_after = time.monotonic()
                 await asyncio.sleep(0.05)
                 continue
-            try:
-                # WAIT counts this connection's writes: a marker (in the app's slot) after
-                # the batch, so a replica that has it has everything the batch wrote.
-                await checker.incr(f"{PREFIX}:marker")
-                acked = await checker.execute_command("WAIT", 1, 1000)
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                acked = 0
+            acked = 0
+            if killed_at is None:  # killed during the batch: not confirmed, and the checker
+                try:               # would only wait on the dead node
+                    # WAIT counts this connection's writes: a marker (in the app's slot)
+                    # after the batch, so a replica that has it has everything it wrote.
+                    await checker.incr(f"{PREFIX}:marker")
+                    acked = await checker.execute_command("WAIT", 1, 1000)
+                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                    acked = 0
             (confirmed if acked >= 1 and killed_at is None else unconfirmed).update(sent)
             await asyncio.sleep(0.05)
 
     async with worker_app.worker(concurrency=50):
         begin = time.monotonic()
-        sending = asyncio.create_task(produce(until=begin + 8.0))
+        sending = asyncio.create_task(produce(until=begin + 8.0, at_the_latest=begin + 25.0))
         await asyncio.sleep(2.0)
         cluster.server(owner).stop(kill=True)  # SIGKILL
         killed_at = time.monotonic()
