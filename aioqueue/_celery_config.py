@@ -24,7 +24,6 @@ a misspelt setting is the bug a configuration loader exists to catch.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import json
 import os
@@ -597,6 +596,8 @@ def _resolve_name(name: str) -> str | None:
 
 
 def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    import difflib  # only on a misspelling
+
     by_lower: dict[str, str] = {}
     for candidate in candidates:
         by_lower.setdefault(candidate.lower(), candidate)

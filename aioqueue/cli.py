@@ -11,26 +11,21 @@ Command help is what ``--help`` prints, so command docstrings here are plain tex
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import inspect
 import json
 import logging
 import os
-import platform
 import re
 import socket
 import sys
-import sysconfig
 import time
 import traceback
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from enum import StrEnum
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as distribution_version
 from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -83,8 +78,17 @@ def _fail(message: str) -> NoReturn:
 
 
 # -- versions ----------------------------------------------------------------------------------
+#: "CPython 3.11.7" for the banner, without importing ``platform`` at every start.
+_PYTHON = {"cpython": "CPython", "pypy": "PyPy"}.get(
+    sys.implementation.name, sys.implementation.name) + " " + sys.version.split()[0]
+
 def versions() -> str:
     """What ``aioqueue --version`` prints: aioqueue, Python, redis-py and the platform."""
+    # Imported here, not at the top: every worker start pays for what the CLI imports.
+    import platform
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as distribution_version
+
     try:
         redis_py = distribution_version("redis")
     except PackageNotFoundError:
@@ -143,6 +147,8 @@ def _type_name(obj: object) -> str:
 
 
 def _library_roots() -> list[str]:
+    import sysconfig
+
     paths = sysconfig.get_paths()
     roots = {os.path.realpath(paths[key]) for key in ("stdlib", "platstdlib", "purelib",
                                                        "platlib") if key in paths}
@@ -493,7 +499,7 @@ def _banner(app: AioQueue, where: str, concurrency: int, queues: list[str], beat
     loop = "uvloop" if _has_uvloop() else "asyncio"
     lines = [
         f" -------------- aioqueue@{socket.gethostname()} v{__version__} "
-        f"({platform.python_implementation()} {platform.python_version()})",
+        f"({_PYTHON})",
         f" app:          {app.main} ({where})",
         f" broker:       {app.display_broker_url}",
         f" results:      {app.display_backend_url} (expire after {app.conf.result_expires_s:g}s)",
@@ -707,6 +713,8 @@ def _json_option(text: str, option: str, kind: type) -> Any:
 
 
 def _unknown_task(task_name: str, app: AioQueue, where: str) -> str:
+    import difflib
+
     names = sorted(app.tasks)
     close = difflib.get_close_matches(task_name, names, n=3, cutoff=0.85)
     # Also by the function's name alone: "add" for "proj.tasks.add".

@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadDateError, croniter
-
 __all__ = [
     "Interval", "Schedule", "as_schedule", "crontab", "due_tick", "every", "next_fire_times",
     "resolve_timezone",
@@ -212,6 +210,8 @@ def _cron_field(name: str, position: int, value: CronField) -> str:
     # Whitespace would shift the remaining fields of the 5-field expression we build.
     if not text or any(char.isspace() for char in text):
         raise ValueError(f"crontab {name}={value!r} is invalid: empty or contains whitespace")
+    from croniter import croniter  # on first use: a fifth of a worker's imports otherwise
+
     probe = ["*"] * 5
     probe[position] = text
     try:
@@ -254,6 +254,8 @@ class crontab(Schedule):  # lowercase: Celery's name, so beat_schedule configs p
         }
         order = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
         expr = " ".join(fields[name] for name in order)
+        from croniter import CroniterBadDateError, croniter
+
         expanded, nth_weekday = croniter.expand(expr)
         hours = expanded[1]
         # Equality compares what fires, not spelling: "7" == "0" == "sun", 5 == "5".
@@ -304,6 +306,8 @@ class crontab(Schedule):  # lowercase: Celery's name, so beat_schedule configs p
         """Return the first tick strictly after ``after`` as wall-clock time in ``tz``, in UTC."""
         zone = resolve_timezone(tz)
         after = _aware(after, "after")
+        from croniter import croniter
+
         ticks = croniter(self._expr, after.astimezone(zone), day_or=False)
         while True:
             tick = ticks.get_next(datetime).astimezone(UTC)

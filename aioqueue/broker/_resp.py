@@ -9,7 +9,9 @@ goes out in a single write (automatic pipelining), and replies are matched to ca
 order. Replies are parsed by hiredis, the C parser redis-py itself uses.
 
 It speaks just enough RESP2 for what the broker needs: AUTH, SELECT, CLIENT SETNAME, plain
-commands and EVALSHA. Anything fancier (pub/sub) stays with redis-py; Redis Cluster is met
+commands, EVALSHA and one subscription per connection (:meth:`RespConnection.subscribe`,
+the workers' control channel: redis-py's import alone was a third of a worker's start-up,
+and it was only here for pub/sub). Redis Cluster is met
 one slot at a time (``locate`` + ``reconnect_on``, see ``_cluster.py``). Blocking
 commands get a connection of their own, so they never stall the shared one.
 
@@ -45,7 +47,7 @@ import functools
 import socket
 import ssl as ssl_module
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import hiredis
@@ -160,6 +162,10 @@ class _Protocol(asyncio.Protocol):
         #: Bytes the transport still held at the last watchdog check.
         self.unsent = 0
         self.watchdog: asyncio.TimerHandle | None = None
+        #: Subscribed (see ``RespConnection.subscribe``): every reply is a pushed message,
+        #: kept here in order, and ``pushed`` is set when some arrived or the socket went.
+        self.pushes: deque[Any] | None = None
+        self.pushed: asyncio.Event | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -197,6 +203,11 @@ class _Protocol(asyncio.Protocol):
                 self.reconnect_on
             ):
                 retire = str(reply)
+            if not waiting and self.pushes is not None:
+                self.pushes.append(reply)
+                assert self.pushed is not None
+                self.pushed.set()
+                continue
             if not waiting:
                 # Never happens with a well-behaved server; if it does, which reply belongs
                 # to whom is unknowable, so stop rather than hand out wrong replies.
@@ -284,6 +295,8 @@ class _Protocol(asyncio.Protocol):
         if self.watchdog is not None:
             self.watchdog.cancel()
             self.watchdog = None
+        if self.pushed is not None:
+            self.pushed.set()  # wake the subscriber: it finds ``lost`` set
 
     def abort(self, exc: Exception, *, graceful: bool = False) -> None:
         """Fail every waiter with ``exc`` and close the socket (``graceful``: after the
@@ -573,6 +586,38 @@ class RespConnection:
                 raise
         await self.execute("SCRIPT", "LOAD", script)
         return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+
+    async def subscribe(self, channel: str) -> AsyncIterator[bytes | None]:
+        """Subscribe this connection to ``channel``: yields ``None`` once subscribed, then
+        every message's data. The socket is the subscription's alone from then on (no
+        other command may use this connection). Raises ``RespError`` if the server refuses
+        (an ACL without the channel) and ``ConnectionError`` when the socket goes,
+        :meth:`close` included; a later call subscribes on a new socket.
+
+        An idle subscription owes no reply, so no read timeout applies; TCP keepalive
+        notices a peer that vanished.
+        """
+        protocol = await self._ready()
+        pushes: deque[Any] = deque()
+        pushed = asyncio.Event()
+        protocol.pushes, protocol.pushed = pushes, pushed
+        protocol.write(pack(("SUBSCRIBE", channel)))
+        while True:
+            while pushes:
+                reply = pushes.popleft()
+                if isinstance(reply, hiredis.ReplyError):
+                    raise RespError(str(reply))
+                if not isinstance(reply, list) or len(reply) < 3:
+                    continue
+                kind = reply[0]
+                if kind == b"message":
+                    yield reply[2]
+                elif kind == b"subscribe":
+                    yield None
+            if protocol.lost is not None:
+                raise ConnectionError(f"subscription to {channel!r} lost: {protocol.lost}")
+            pushed.clear()
+            await pushed.wait()
 
     async def client_id(self) -> int:
         """This connection's id (for ``CLIENT UNBLOCK`` from another connection)."""

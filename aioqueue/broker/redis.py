@@ -3,8 +3,9 @@
 The only module that talks to Redis. Every data-path command (enqueue, fetch, reclaim,
 heartbeat, settle, results, control state, dead letters, beat) runs on the lean
 auto-pipelining connection of ``_resp.py``: one client, one reading of the URL, one timeout
-model, one error taxonomy. Only pub/sub (remote control broadcasts) uses redis-py, built from
-the same parsed URL.
+model, one error taxonomy, pub/sub (the workers' control channel) included: a subscription is a
+``RespConnection`` of its own. (It used redis-py until importing that was found to be a
+third of a worker's start-up.)
 
 Errors are wrapped here, at the boundary: connection failures (and replies that mean "not
 now", such as ``LOADING``) are retried with back-off up to ``broker_connection_timeout``,
@@ -20,15 +21,14 @@ Behind Redis Sentinel (``sentinel://``, see ``_sentinel.py``) every RESP connect
 sentinels for the master at each (re)connect (and once a second while in use) and checks its
 role; ``READONLY`` (a demoted master) counts as "not now" like ``LOADING``, and its socket is
 dropped, so every retry loop (producers, fetch, settle, the result listener, beat) follows
-a failover through its usual reconnect. Pub/sub uses redis-py's
-``Sentinel(...).master_for(...)``: a resubscription asks the sentinels.
+a failover through its usual reconnect; a resubscription asks the sentinels too.
 
 On Redis Cluster (``redis+cluster://``, see ``_cluster.py``) an app's keys are all in the
 slot of its key prefix's hash tag; every RESP connection asks the cluster which master owns
 that slot at each (re)connect, and ``MOVED``/``ASK`` count as "not now" too (the socket is
 dropped and the next try goes where the slot is now). ``CROSSSLOT`` is a bug: a
-``BrokerError``. Pub/sub is a plain redis-py client on the slot's master, made again at a
-resubscription when the slot moved.
+``BrokerError``. A subscription goes to the slot's master of the moment it is made (classic
+pub/sub reaches every node of a cluster).
 """
 
 from __future__ import annotations
@@ -45,8 +45,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
-import redis.asyncio as aioredis
-from redis import exceptions as redis_errors
 
 from .._keys import CONSUMER_GROUP, Keys
 from .._lua import Script, script
@@ -72,9 +70,7 @@ __all__ = ("MIN_REDIS_VERSION", "RedisBroker")
 log = logging.getLogger("aioqueue.broker")
 T = TypeVar("T")
 
-_CONNECTION_ERRORS = (
-    redis_errors.ConnectionError, redis_errors.TimeoutError, ConnectionError, TimeoutError, OSError
-)
+_CONNECTION_ERRORS = (ConnectionError, TimeoutError, OSError)
 #: Error replies that mean "not now" rather than "no" (redis-py retries these too).
 _TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "READONLY",
                       "MOVED", "ASK")  # Redis Cluster: the slot is elsewhere (now or soon)
@@ -216,12 +212,8 @@ class RedisBroker:
         self.lanes = LanePlanner()
         #: A blocking connection for tailing a log (monitors only), made on first use.
         self._log_reader: _Blocking | None = None
-        # Pub/sub only; typed as Any because redis-py's stubs type replies as bytes | str.
-        self._pubsub_client: Any = None
-        #: redis-py's Sentinel manager behind ``_pubsub_client`` (sentinel:// only).
-        self._pubsub_sentinel: Any = None
-        #: The node ``_pubsub_client`` talks to (redis+cluster:// only).
-        self._pubsub_address: tuple[str, int] | None = None
+        #: The control channel's subscription, while one is open.
+        self._subscriber: RespConnection | None = None
         self._known_groups: set[str] = set()
         self._checked_server = False
         #: False on a server without BLMPOP (found at the first wait): BLPOP + LPOP instead.
@@ -322,6 +314,8 @@ class RedisBroker:
             conn.abandon()
         if self._log_reader is not None:
             self._log_reader.conn.abandon()
+        if self._subscriber is not None:
+            self._subscriber.abandon()
 
     async def close(self) -> None:
         self._closed = True
@@ -332,12 +326,8 @@ class RedisBroker:
         if self._log_reader is not None:
             await self._log_reader.close()
         await self._hot.close()
-        if self._pubsub_client is not None:
-            await self._pubsub_client.aclose()
-            self._pubsub_client = None
-        if self._pubsub_sentinel is not None:
-            await self._pubsub_sentinel.aclose()
-            self._pubsub_sentinel = None
+        if self._subscriber is not None:
+            await self._subscriber.close()
 
     # -- producing -------------------------------------------------------------------------
     def _add_command(self, item: Enqueue) -> tuple[Any, ...]:
@@ -830,61 +820,24 @@ class RedisBroker:
                            terminate={i.decode() for i in replies[3]})
 
     async def control_messages(self) -> AsyncIterator[bytes]:
-        if self.target.cluster is not None:
-            try:
-                await self._follow_slot_for_pubsub()
-            except _CONNECTION_ERRORS as exc:
-                raise BrokerConnectionError(
-                    f"lost control channel of Redis at {self.display_url}: {exc}") from exc
-        if self._pubsub_client is None:
-            self._pubsub_client = self._redis_py_client()
-        pubsub = self._pubsub_client.pubsub(ignore_subscribe_messages=True)
+        # A socket of its own, made anew for each subscription: behind Sentinel or on a
+        # cluster it connects to the current master (classic pub/sub reaches every node).
+        conn = self._subscriber = RespConnection(**self.target.resp_options())
         try:
-            try:
-                await pubsub.subscribe(self.keys.control)
-                yield b""  # subscribed: see Broker.control_messages
-                while not self._closed:
-                    message = await pubsub.get_message(timeout=0.5)
-                    if message is not None and message.get("type") == "message":
-                        yield bytes(message["data"])
-            except _CONNECTION_ERRORS as exc:
-                raise BrokerConnectionError(
-                    f"lost control channel of Redis at {self.display_url}: {exc}"
-                ) from exc
-            except redis_errors.RedisError as exc:
-                raise BrokerError(
-                    f"control channel of Redis at {self.display_url}: {exc}") from exc
+            async for data in conn.subscribe(self.keys.control):
+                yield b"" if data is None else data  # b"": subscribed, see Broker.control_messages
+        except (ConnectionError, OSError) as exc:
+            if self._closed:
+                return
+            raise BrokerConnectionError(
+                f"lost control channel of Redis at {self.display_url}: {exc}") from exc
+        except RespError as exc:
+            raise BrokerError(f"control channel of Redis at {self.display_url}: {exc}") from exc
         finally:
-            with (anyio.CancelScope(shield=True), anyio.move_on_after(1.0),
-                  contextlib.suppress(*_CONNECTION_ERRORS, redis_errors.RedisError)):
-                await pubsub.aclose()
-
-    async def _follow_slot_for_pubsub(self) -> None:
-        """Redis Cluster: (re)make the pub/sub client on the master of the app's slot, if
-        it moved since the client was made. (Classic cluster pub/sub reaches every node,
-        so any node would do; the slot's master is one known to be up.)"""
-        assert self.target.cluster is not None
-        address = await self.target.cluster.master_address()
-        if self._pubsub_client is not None and address != self._pubsub_address:
-            old, self._pubsub_client = self._pubsub_client, None
-            with contextlib.suppress(*_CONNECTION_ERRORS, redis_errors.RedisError):
-                await old.aclose()
-        if self._pubsub_client is None:
-            self._pubsub_address = address
-            self._pubsub_client = aioredis.Redis(host=address[0], port=address[1],
-                                                 **self.target.redis_py_kwargs())
-
-    def _redis_py_client(self) -> Any:
-        """The redis-py client for pub/sub: behind Sentinel one whose every new connection
-        asks the sentinels for the master (so a resubscription follows a failover)."""
-        sentinel = self.target.sentinel
-        if sentinel is None:
-            return aioredis.Redis(**self.target.redis_py_kwargs())
-        self._pubsub_sentinel = aioredis.Sentinel(  # type: ignore[no-untyped-call]
-            list(sentinel.addresses), sentinel_kwargs=sentinel.redis_py_sentinel_kwargs(),
-            **self.target.redis_py_kwargs(),
-        )
-        return self._pubsub_sentinel.master_for(sentinel.master_name)
+            if self._subscriber is conn:
+                self._subscriber = None
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                await conn.close()
 
     async def queue_sizes(self, queues: Sequence[str]) -> dict[str, tuple[int, int, int]]:
         await self.refresh_lanes(queues)
