@@ -27,6 +27,7 @@ from .errors import TimeLimitExceeded as TimeLimitExceeded
 from .message import State as State
 from .result import AsyncResult as AsyncResult
 from .result import ResultInfo as ResultInfo
+from .resultset import ResultSet as ResultSet
 from .routing import Queue as Queue
 from .routing import Route as Route
 from .schedules import Interval as Interval
@@ -54,6 +55,7 @@ __all__ = (
     "RemoteTaskError",
     "Request",
     "ResultInfo",
+    "ResultSet",
     "Retry",
     "Route",
     "Schedule",

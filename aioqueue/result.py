@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import logging
 import sys
 import threading
@@ -212,6 +213,10 @@ class ResultWaiter:
         self.dropped_replies = 0
         #: ``handle.progress()`` iterators per task id: where PROGRESS replies go.
         self._progress: dict[str, list[asyncio.Queue[ResultRecord]]] = {}
+        #: Ids waited for by :meth:`wait_all` (a ``ResultSet``), to their group: one
+        #: future and one re-read schedule per group instead of one of each per id.
+        self._groups: dict[str, _Group] = {}
+        self._group_list: list[_Group] = []
 
     # -- progress --------------------------------------------------------------------------
     def watch_progress(self, task_id: str) -> asyncio.Queue[ResultRecord]:
@@ -249,6 +254,9 @@ class ResultWaiter:
         if count > 1:
             live[task_id] = count - 1
             return
+        if not live:
+            # A dict never shrinks as it empties: 100,000 handles left ~4 MB behind.
+            self._live = {}
         if self._cache:
             entry = self._cache.pop(task_id, None)
             if entry is not None:
@@ -262,6 +270,8 @@ class ResultWaiter:
         if count > 1:
             live[task_id] = count - 1
             return
+        if not live:
+            self._live = {}
         entry = self._cache.pop(task_id, None)
         if entry is not None:
             self._cached_bytes -= entry[1]
@@ -339,6 +349,71 @@ class ResultWaiter:
         finally:
             self._forget_future(task_id, future)
 
+    async def wait_all(self, task_ids: list[str], timeout_s: float | None) -> list[ResultRecord]:
+        """The final records of ``task_ids`` (fast handles of this waiter), in order.
+
+        What :meth:`wait` does for one id, for many at once and at a fraction of the memory:
+        a wait costs one dict entry per id here and one future, re-read schedule and
+        listener registration per call, where awaiting each handle on its own costs a
+        future, a schedule entry and (under ``asyncio.gather``) a Task per id.
+        """
+        if self._closed:
+            raise BrokerError("result waiter closed: cannot wait for a result set")
+        records: list[ResultRecord | None] = [None] * len(task_ids)
+        group = _Group(records, asyncio.get_running_loop().create_future(),
+                       self.RECHECK_FIRST_S)
+        groups, cache = self._groups, self._cache
+        for index, task_id in enumerate(task_ids):
+            cached = cache.get(task_id)
+            if cached is not None:
+                records[index] = cached[0]
+            elif group.add(task_id, index):  # a second index of an id goes to ``extra``
+                other = groups.get(task_id)
+                if other is not None:
+                    group.shared[task_id] = other  # rare: two sets wait for one id
+                groups[task_id] = group
+        evicted = [task_id for task_id in group.pending if task_id in self._evicted]
+        for task_id in evicted:
+            record = await self._read_one(task_id)
+            if record is not None:
+                self.resolve(record)
+        try:
+            if group.pending:
+                self._group_list.append(group)
+                if self._listener is None:
+                    self._listener = asyncio.get_running_loop().create_task(self._listen())
+                if timeout_s is None:
+                    await group.future
+                else:
+                    async with asyncio.timeout(timeout_s):
+                        await group.future
+        except TimeoutError:
+            raise TimeoutError(f"{len(group.pending)} of {len(task_ids)} tasks not ready "
+                               f"after {timeout_s}s") from None
+        finally:
+            self._leave(group)
+        return records  # type: ignore[return-value]  # every slot is filled by now
+
+    def _leave(self, group: _Group) -> None:
+        groups = self._groups
+        for task_id in group.pending:
+            if groups.get(task_id) is group:
+                other = group.shared.get(task_id)
+                if other is not None and task_id in other.pending:
+                    groups[task_id] = other
+                else:
+                    del groups[task_id]
+        if group in self._group_list:
+            self._group_list.remove(group)
+        if not groups:
+            self._groups = {}  # a dict never shrinks: let a big one go
+
+    def _resolve_group(self, group: _Group, task_id: str, record: ResultRecord) -> None:
+        group.resolve(task_id, record)
+        other = group.shared.pop(task_id, None)
+        if other is not None:
+            self._resolve_group(other, task_id, record)
+
     async def _poll(
         self, task_id: str, future: asyncio.Future[ResultRecord], timeout_s: float | None,
         poll_s: float, poll_max_s: float,
@@ -401,6 +476,12 @@ class ResultWaiter:
         task_id = record.id
         waiting = self._futures.pop(task_id, None)
         self._backoff.pop(task_id, None)
+        if self._groups:
+            group = self._groups.pop(task_id, None)
+            if group is not None:
+                self._resolve_group(group, task_id, record)
+                if not waiting:
+                    return
         if waiting:
             for future in waiting:
                 if not future.done():
@@ -413,6 +494,9 @@ class ResultWaiter:
     def _fail(self, task_id: str, error: Exception) -> None:
         """Fail every wait for ``task_id`` (and only those) with ``error``."""
         log.error("result of task %s: %s", task_id, error)
+        group = self._groups.pop(task_id, None)
+        if group is not None and not group.future.done():
+            group.future.set_exception(SerializationError(str(error)))
         waiting = self._futures.pop(task_id, None)
         self._backoff.pop(task_id, None)
         for future in waiting or ():
@@ -506,6 +590,13 @@ class ResultWaiter:
             backoff[task_id] = (interval, now + interval)
             heapq.heappush(due_heap, (now + interval, task_id))
             ids.append(task_id)
+        for group in self._group_list:
+            if len(ids) >= self.RECHECK_CHUNK:
+                break
+            if group.due <= now:
+                group.interval = min(group.interval * 2, self.RECHECK_MAX_S)
+                group.due = now + group.interval
+                ids += list(itertools.islice(group.pending, self.RECHECK_CHUNK - len(ids)))
         if ids:
             self._next_recheck = now + self.RECHECK_PACE_S
             await self._reread(ids)
@@ -516,7 +607,8 @@ class ResultWaiter:
             chunk = ids[start:start + self.RECHECK_CHUNK]
             raws = await self.broker.get_results(chunk)
             for task_id, raw in zip(chunk, raws, strict=False):
-                if raw is None or task_id not in self._futures:
+                if raw is None or (task_id not in self._futures
+                                   and task_id not in self._groups):
                     continue
                 record = self._decode_or_fail(task_id, raw)
                 if record is not None and record.state in READY_STATES:
@@ -526,6 +618,8 @@ class ResultWaiter:
     def _block_timeout(self, now: float) -> float:
         timeout = self.BLOCK_S
         due = self._next_due()
+        for group in self._group_list:
+            due = group.due if due is None else min(due, group.due)
         if due is not None:
             timeout = min(timeout, max(due, self._next_recheck) - now)
         return max(timeout, 0.001)
@@ -536,7 +630,7 @@ class ResultWaiter:
         try:
             while True:
                 self._drain_released()
-                if self._closed or not (self._futures or self._live):
+                if self._closed or not (self._futures or self._live or self._groups):
                     break
                 try:
                     now = time.monotonic()
@@ -574,9 +668,9 @@ class ResultWaiter:
         finally:
             self._listener = None
             if not self._futures:
-                # Only stale entries are left: free them with the listener.
-                self._due.clear()
-                self._backoff.clear()
+                # Only stale entries are left: free them with the listener (new objects:
+                # emptied dicts keep their size).
+                self._futures, self._due, self._backoff = {}, [], {}
 
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if :meth:`close` is called meanwhile."""
@@ -605,6 +699,11 @@ class ResultWaiter:
                 raise
             if not done:
                 listener.cancel()
+        for group in self._group_list:
+            if not group.future.done():
+                with contextlib.suppress(RuntimeError):  # its loop is already closed
+                    group.future.set_exception(BrokerError(
+                        f"result waiter closed while waiting for {len(group.pending)} tasks"))
         pending, self._futures = self._futures, {}
         self._backoff.clear()
         self._due.clear()
@@ -615,6 +714,43 @@ class ResultWaiter:
                         future.set_exception(
                             BrokerError(f"result waiter closed while waiting for task {task_id}")
                         )
+
+
+class _Group:
+    """One :meth:`ResultWaiter.wait_all` call: where each id's record goes, what is left."""
+
+    __slots__ = ("due", "extra", "future", "interval", "pending", "records", "shared")
+
+    def __init__(self, records: list[ResultRecord | None], future: asyncio.Future[None],
+                 recheck_s: float) -> None:
+        self.records = records
+        self.future = future
+        #: id -> its index in ``records``; ids whose record has not come yet.
+        self.pending: dict[str, int] = {}
+        #: More indices of an id listed twice (rare).
+        self.extra: dict[str, list[int]] = {}
+        #: Another group that waits for the same id (rare): resolved in turn.
+        self.shared: dict[str, _Group] = {}
+        self.interval = recheck_s
+        self.due = time.monotonic() + recheck_s
+
+    def add(self, task_id: str, index: int) -> bool:
+        """Wait for ``task_id`` at ``index``; False if it was already waited for here."""
+        if task_id in self.pending:
+            self.extra.setdefault(task_id, []).append(index)
+            return False
+        self.pending[task_id] = index
+        return True
+
+    def resolve(self, task_id: str, record: ResultRecord) -> None:
+        index = self.pending.pop(task_id, None)
+        if index is None:
+            return
+        self.records[index] = record
+        for other in self.extra.pop(task_id, ()):
+            self.records[other] = record
+        if not self.pending and not self.future.done():
+            self.future.set_result(None)
 
 
 class AsyncResult(Generic[R]):
