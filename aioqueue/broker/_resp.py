@@ -115,11 +115,34 @@ def _argument_error(args: tuple[Any, ...], cause: Exception) -> RespArgumentErro
     return RespArgumentError(f"cannot send {name[:40]!r}: {what}")
 
 
+#: From this size on, a bytes argument is framed here rather than by hiredis, whose packer
+#: moves ~0.6 GB/s: 1.7 ms of a 1 MB task's enqueue, five times what Redis takes to store it.
+_LARGE = 32 * 1024
+
+
+def _pack_large(args: tuple[Any, ...]) -> bytes:
+    """RESP framing around large bytes arguments: one join, so one copy of each."""
+    parts: list[bytes] = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if arg.__class__ is not bytes:
+            arg = hiredis.pack_command((arg,))
+            parts.append(arg[arg.index(b"\n") + 1:])  # the argument's own "$len ... \r\n"
+            continue
+        parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
+    return b"".join(parts)
+
+
 def pack(args: tuple[Any, ...]) -> bytes:
     """One command in RESP2 wire format (hiredis's C packer); raises ``RespArgumentError``."""
     if not args:
         # "*0\r\n" gets no reply from Redis: its future would take the next command's reply.
         raise RespArgumentError("cannot send an empty command")
+    for arg in args:
+        if arg.__class__ is bytes and len(arg) >= _LARGE:
+            try:
+                return _pack_large(args)
+            except _UNPACKABLE as exc:
+                raise _argument_error(args, exc) from None
     try:
         packed: bytes = hiredis.pack_command(args)
     except _UNPACKABLE as exc:
