@@ -53,6 +53,9 @@ bench-env: $(STAMP) redis
 	$(PY) -m venv .bench-venv
 	.bench-venv/bin/pip install -q -U pip
 	.bench-venv/bin/pip install -q -r benchmarks/requirements.txt -e .
+	@# Bytecode for the editable checkout, as pip gives every installed peer: a shell with
+	@# PYTHONDONTWRITEBYTECODE set would otherwise time aioqueue's compile at each start.
+	.bench-venv/bin/python -m compileall -q aioqueue benchmarks
 
 bench: bench-env
 	.bench-venv/bin/python -m benchmarks.run

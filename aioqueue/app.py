@@ -25,7 +25,7 @@ from .config import Settings
 from .errors import ConfigurationError, SerializationError
 from .flow import Gate, flow_gate
 from .message import ResultRecord, Serializer, State, TaskMessage, get_serializer
-from .result import AsyncResult, ResultWaiter
+from .result import POLL_FIRST_S, AsyncResult, ResultWaiter
 from .routing import Route
 from .task import Task, TaskOptions
 
@@ -889,7 +889,7 @@ class AioQueue:
     async def _wait_for(self, handle: _Handle, timeout: float | None) -> ResultRecord:
         waiter = self.waiter
         fast = handle._track(waiter)
-        return await waiter.wait(handle.id, timeout, fast=fast, poll_s=0.005,
+        return await waiter.wait(handle.id, timeout, fast=fast, poll_s=POLL_FIRST_S,
                                  poll_max_s=self.conf.result_poll_max_interval)
 
     async def revoke(self, task_id: str, terminate: bool = False) -> None:

@@ -716,6 +716,10 @@ class ResultWaiter:
                         )
 
 
+#: A wait whose reply does not come here polls the stored record, first after this long.
+POLL_FIRST_S = 0.005
+
+
 class _Group:
     """One :meth:`ResultWaiter.wait_all` call: where each id's record goes, what is left."""
 
@@ -849,7 +853,13 @@ class AsyncResult(Generic[R]):
         seconds, and :class:`~aioqueue.errors.SerializationError` when the stored record
         cannot be decoded.
         """
-        record = await self.app._wait_for(self, timeout)
+        # app._wait_for inlined: one coroutine frame less on every await of a handle
+        # (about a sixth of what an awaited handle holds while it waits).
+        app = self.app
+        waiter = app.waiter
+        record = await waiter.wait(self.id, timeout, fast=self._track(waiter),
+                                   poll_s=POLL_FIRST_S,
+                                   poll_max_s=app.conf.result_poll_max_interval)
         if record.state is State.SUCCESS:
             return record.result
         exc = exception_from_record(record)
