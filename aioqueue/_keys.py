@@ -165,6 +165,13 @@ class Keys:
         return f"{self.prefix}:workers"
 
     @property
+    def fetchers(self) -> str:
+        """Hash: consumer (worker) name -> Redis client id of its fetch connection, written
+        before that connection reads anything: a consumer whose id Redis no longer lists
+        is a dead process (see ``RedisBroker.take_over_dead``)."""
+        return f"{self.prefix}:fetchers"
+
+    @property
     def workers_expiry(self) -> str:
         """Sorted set: worker name, score = when it counts as gone without a heartbeat."""
         return f"{self.prefix}:workers:expiry"

@@ -72,6 +72,10 @@ log = logging.getLogger("aioqueue.worker")
 
 #: The longest a fetch blocks server-side; stop() unblocks it sooner.
 FETCH_BLOCK_S = 2.0
+#: How often a worker looks for the messages of dead workers, and how long such a message
+#: must have been left unacknowledged (both at most visibility_timeout's share).
+TAKE_OVER_EVERY_S = 1.0
+TAKE_OVER_IDLE_S = 2.0
 
 
 class _Outage:
@@ -215,6 +219,11 @@ class Worker:
         vt = app.conf.visibility_timeout
         self._reclaim_every_s = max(0.05, min(vt / 2, 5.0))
         self._heartbeat_every_s = max(0.05, vt / 3)
+        #: A dead worker's messages (its connection gone: see Broker.take_over_dead) are
+        #: looked for this often, and taken once unacknowledged this long: seconds after a
+        #: crash instead of visibility_timeout.
+        self._take_over_every_s = max(0.05, min(vt / 2, TAKE_OVER_EVERY_S))
+        self._take_over_idle_s = min(vt, TAKE_OVER_IDLE_S)
         #: Consumers of dead workers are removed once idle this long and holding nothing
         #: (a live worker's consumer is never idle longer than one blocking fetch).
         self._prune_idle_s = max(3 * vt, 3 * FETCH_BLOCK_S)
@@ -478,6 +487,7 @@ class Worker:
         outage = _Outage(f"worker {self.name}: fetch")
         create_task = asyncio.get_running_loop().create_task
         next_reclaim = time.monotonic() + self._reclaim_every_s
+        next_take_over = time.monotonic() + self._take_over_every_s
         next_prune = time.monotonic() + self._prune_idle_s
         while not self._stopping:
             if self._free <= 0:
@@ -497,6 +507,14 @@ class Worker:
                         next_prune = now + self._prune_idle_s
                         await self.broker.prune_consumers(self.queues, self.name,
                                                           self._prune_idle_s)
+                if not got and now >= next_take_over and not self._just_back(now):
+                    next_take_over = now + self._take_over_every_s
+                    # A registration renewed within two intervals expires after this.
+                    expires_before = time.time() + self.REGISTER_TTL_S - (
+                        2 * self.REGISTER_EVERY_S)
+                    got = self._not_mine_already(await self.broker.take_over_dead(
+                        self.queues, self.name, self._take_over_idle_s, free,
+                        expires_before))
                 if not got:
                     timeout = 0.05 if self.burst else min(FETCH_BLOCK_S, self._reclaim_every_s)
                     got = await self.broker.fetch(self._queue_order(), self.name, free, timeout)
@@ -559,6 +577,12 @@ class Worker:
             log.exception("%s: unexpected error (the loop carries on)", outage.what,
                           exc_info=exc)
         return outage.failed(exc)
+
+    def _just_back(self, now: float) -> bool:
+        """True shortly after a broker outage (or start-up), for the dead-worker take-over:
+        long enough for every live worker to renew its registration (two intervals)."""
+        recovered = self._recovered_at
+        return recovered is not None and now - recovered < 2 * self.REGISTER_EVERY_S
 
     def _just_recovered(self, now: float) -> bool:
         """True shortly after a broker outage (or start-up). Every message then looks idle

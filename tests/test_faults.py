@@ -253,6 +253,35 @@ async def test_task_longer_than_visibility_timeout_runs_once(
     assert workers.procs["busy"].poll() is None and workers.procs["idle"].poll() is None
 
 
+async def test_a_killed_workers_tasks_run_elsewhere_long_before_visibility_timeout(
+    workers: CliWorkers, producer: AioQueue, raw: Any
+) -> None:
+    # visibility_timeout 30 s: only the take-over of a dead worker's messages (its
+    # connection is gone) explains a rerun within seconds.
+    slow = producer.tasks["fault.first_slow"]
+    workers.start("doomed", FAULT_VT="30")
+    await wait_ready(workers, "doomed")
+    handles = [await slow.delay(f"dead{i}", 60.0) for i in range(3)]
+    with anyio.fail_after(10):
+        while len(await run_counts(raw)) < 3:
+            await anyio.sleep(0.02)
+    workers.start("heir", FAULT_VT="30")
+    await wait_ready(workers, "heir")
+    killed_at = time.monotonic()
+    workers.kill("doomed")
+    with anyio.fail_after(20):
+        values = [await h for h in handles]
+    rerun_in = time.monotonic() - killed_at
+    runs = await run_counts(raw)
+    infos = [await h.info() for h in handles]
+    print(f"\n[take-over] rerun_in={rerun_in:.2f}s (visibility_timeout 30s) runs={runs} "
+          f"workers={[i.worker for i in infos]}")
+    assert values == ["dead0", "dead1", "dead2"]
+    assert rerun_in < 10, rerun_in
+    assert runs == {"dead0": 2, "dead1": 2, "dead2": 2}
+    assert all(i.worker == "heir" for i in infos)
+
+
 # -- 3. Redis restarted --------------------------------------------------------------------
 async def test_redis_restart_while_producing_and_consuming(tmp_path: Path) -> None:
     server = RedisServer(appendonly=True)

@@ -1,9 +1,15 @@
 -- Take over messages of one stream left unacknowledged for a while (their worker died).
 -- KEYS[1] = the stream. ARGV[1] = consumer group, ARGV[2] = the new owner,
--- ARGV[3] = minimum idle time (ms), ARGV[4] = most messages to take.
+-- ARGV[3] = minimum idle time (ms), ARGV[4] = most messages to take, ARGV[5] (optional) =
+-- take only this consumer's messages (a worker whose connection to Redis is gone).
 -- Returns {id, fields, times delivered before} for each message taken. Atomic, so two
 -- workers racing here cannot both take the same message.
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])
+local pending
+if ARGV[5] then
+  pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4], ARGV[5])
+else
+  pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])
+end
 if #pending == 0 then return {} end
 local ids, times = {}, {}
 for i, p in ipairs(pending) do

@@ -194,6 +194,16 @@ class Broker(Protocol):
         """Take over up to ``count`` messages left unacknowledged for ``idle_s`` or longer."""
         ...
 
+    async def take_over_dead(
+        self, queues: Sequence[str], consumer: str, idle_s: float, count: int,
+        expires_before: float = 0.0,
+    ) -> list[Delivery]:
+        """Take over up to ``count`` messages, unacknowledged for ``idle_s`` or longer, of
+        workers known to be dead (their connection is gone, and their registration expires
+        before ``expires_before``: not renewed lately): sooner than :meth:`reclaim`. A broker that
+        cannot tell a dead worker returns []."""
+        ...
+
     async def keep_claimed(self, consumer: str, deliveries: Sequence[Delivery]) -> list[Delivery]:
         """Tell the broker these running messages are alive (resets their idle time).
 

@@ -225,6 +225,12 @@ class MemoryBroker:
                     out.append(Delivery(name, entry_id, p.payload, p.deliveries, p.priority))
         return out
 
+    async def take_over_dead(
+        self, queues: Sequence[str], consumer: str, idle_s: float, count: int,
+        expires_before: float = 0.0,
+    ) -> list[Delivery]:
+        return []  # one process: its consumers die with it, and so does the broker
+
     async def keep_claimed(self, consumer: str, deliveries: Sequence[Delivery]) -> list[Delivery]:
         now = time.monotonic()
         lost: list[Delivery] = []

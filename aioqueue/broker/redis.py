@@ -139,10 +139,18 @@ class _Blocking:
         self.conn = RespConnection(**target.resp_options(extra_read_timeout_s=block_s))
         self.client_id: int | None = None
         self.busy = False
+        #: Awaited with the new client id after each (re)connect, before the command.
+        self.on_connect: Callable[[int], Awaitable[None]] | None = None
 
     async def call(self, *args: Any) -> Any:
         if self.client_id is None or not self.conn.connected:
             self.client_id = await self.conn.client_id()
+            if self.on_connect is not None:
+                try:
+                    await self.on_connect(self.client_id)
+                except BaseException:
+                    self.client_id = None  # told nobody: tell them at the next call
+                    raise
         self.busy = True
         try:
             return await self.conn.execute(*args)
@@ -214,6 +222,10 @@ class RedisBroker:
         self._log_reader: _Blocking | None = None
         #: The control channel's subscription, while one is open.
         self._subscriber: RespConnection | None = None
+        #: The consumer whose client id the fetch connection announces (see fetchers).
+        self._fetcher: str | None = None
+        #: False once the server refused CLIENT LIST (see take_over_dead).
+        self._take_over = True
         self._known_groups: set[str] = set()
         self._checked_server = False
         #: False on a server without BLMPOP (found at the first wait): BLPOP + LPOP instead.
@@ -436,6 +448,10 @@ class RedisBroker:
         self, queues: Sequence[str], consumer: str, count: int, timeout_s: float
     ) -> list[Delivery]:
         await self.ensure_queues(queues)
+        if self._fetcher != consumer:
+            self._fetcher = consumer
+            self._fetch.client_id = None  # (re)announce under this consumer's name
+            self._fetch.on_connect = functools.partial(self._announce_fetcher, consumer)
         if len(queues) == 1 and queues[0] not in self._lanes:
             # One stream: XREADGROUP's COUNT is exact, and one blocking call does it all.
             stream = self.keys.stream(queues[0])
@@ -721,8 +737,88 @@ class RedisBroker:
                 [CONSUMER_GROUP, int(idle_s * 1000), "except", consumer]))
         return removed
 
+    async def _announce_fetcher(self, consumer: str, client_id: int) -> None:
+        hot, key = self._hot, self.keys.fetchers
+        await self._call(lambda: hot.execute("HSET", key, consumer, client_id), what="HSET")
+
+    async def take_over_dead(
+        self, queues: Sequence[str], consumer: str, idle_s: float, count: int,
+        expires_before: float = 0.0,
+    ) -> list[Delivery]:
+        """Take over the messages, unacknowledged for ``idle_s`` or longer, of dead
+        workers: consumers whose fetch connection Redis no longer has (a killed or crashed
+        process's sockets close with it) *and* whose registration expires before ``expires_before``
+        (epoch s: a worker that renewed it lately expires later).
+
+        Sooner than :meth:`reclaim`'s ``visibility_timeout``, and as safe: a live worker's
+        fetch connection is listed (it announces its client id before it reads), and its
+        heartbeat renews its registration every few seconds, also while its slots are all
+        busy or after Redis restarted (when recorded client ids are stale). A consumer that
+        never announced a connection (an older worker) is left to :meth:`reclaim`. Returns []
+        where the ACL refuses ``CLIENT LIST`` (then only :meth:`reclaim` recovers them).
+        """
+        if not self._take_over or count <= 0:
+            return []
+        try:
+            return await self._take_over_dead(queues, consumer, idle_s, count, expires_before)
+        except BrokerConnectionError:
+            raise
+        except BrokerError as exc:  # refused: an ACL without CLIENT LIST, say
+            self._take_over = False
+            log.info("taking over dead workers' messages early is off (%s): they are "
+                     "reclaimed after visibility_timeout", exc)
+            return []
+
+    async def _take_over_dead(
+        self, queues: Sequence[str], consumer: str, idle_s: float, count: int,
+        expires_before: float,
+    ) -> list[Delivery]:
+        idle_ms = int(idle_s * 1000)
+        hot = self._hot
+        lanes = self._lanes_in(queues)
+        infos = await self._call(lambda: hot.execute_many(
+            [("XINFO", "CONSUMERS", self.keys.stream(q, p), CONSUMER_GROUP) for q, p in lanes]),
+            what="XINFO CONSUMERS")
+        suspects: list[tuple[tuple[str, int], str]] = []
+        for lane, consumers in zip(lanes, infos, strict=True):
+            for info in consumers:
+                fields = _fields(info)
+                name = fields[b"name"].decode()
+                if name != consumer and int(fields[b"pending"]) and int(
+                        fields[b"idle"]) >= idle_ms:
+                    suspects.append((lane, name))
+        if not suspects:
+            return []
+        names = sorted({name for _, name in suspects})
+        keys = self.keys
+        replies = await self._call(lambda: hot.execute_many(
+            [("HMGET", keys.fetchers, *names),
+             *(("ZSCORE", keys.workers_expiry, name) for name in names)]), what="HMGET")
+        ids, expiries = replies[0], replies[1:]
+        known = {n: int(i) for n, i, expiry in zip(names, ids, expiries, strict=True)
+                 if i is not None and (expiry is None or float(expiry) < expires_before)}
+        if not known:
+            return []
+        listed = await self._call(lambda: hot.execute(
+            "CLIENT", "LIST", "ID", *known.values()), what="CLIENT LIST")
+        alive = {int(m) for m in re.findall(rb"(?:^|\n)id=(\d+)", listed)}
+        out: list[Delivery] = []
+        for (queue, priority), name in suspects:
+            if name not in known or known[name] in alive or len(out) >= count:
+                continue
+            claimed = await self._eval(_RECLAIM, [self.keys.stream(queue, priority)],
+                                       [CONSUMER_GROUP, consumer, idle_ms, count - len(out),
+                                        name])
+            for entry_id, fields, times in claimed:
+                out.append(Delivery(queue, entry_id.decode(), _message(fields),
+                                    int(times) + 1, priority))
+        return out
+
     async def forget_consumer(self, queues: Sequence[str], consumer: str) -> None:
         # Housekeeping on the way out: never hold a stopping worker for long.
+        hot, key = self._hot, self.keys.fetchers
+        await self._call(lambda: hot.execute("HDEL", key, consumer), what="HDEL",
+                         deadline_s=1.0)
         for q, p in self._lanes_in(queues):
             await self._eval(_PRUNE, [self.keys.stream(q, p)],
                              [CONSUMER_GROUP, 0, "only", consumer], deadline_s=1.0)
