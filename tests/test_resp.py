@@ -286,6 +286,13 @@ async def test_large_arguments_are_framed_exactly_as_hiredis_frames_them(
         assert pack(args) == hiredis.pack_command(args), args[0]
     assert await conn.execute("SET", "big", big) == b"OK"
     assert await conn.execute("GET", "big") == big
+    # A batch that large goes out as parts (not joined), in order with what surrounds it.
+    replies = await asyncio.gather(
+        conn.execute("ECHO", "before"),
+        conn.execute_many([("SET", "big1", big), ("ECHO", "inside"), ("SET", "big2", big)]),
+        conn.execute("ECHO", "after"))
+    assert replies == [b"before", [b"OK", b"inside", b"OK"], b"after"]
+    assert await conn.execute("MGET", "big1", "big2") == [big, big]
     with pytest.raises(RespArgumentError, match="argument 3 is a object"):
         await conn.execute("SET", "big", big, object())
     assert await conn.execute("ECHO", "still in step") == b"still in step"

@@ -115,6 +115,8 @@ def _argument_error(args: tuple[Any, ...], cause: Exception) -> RespArgumentErro
     return RespArgumentError(f"cannot send {name[:40]!r}: {what}")
 
 
+#: From this total size on, a batch of commands is written as parts, not joined first.
+_LARGE_WRITE = 1 << 20
 #: From this size on, a bytes argument is framed here rather than by hiredis, whose packer
 #: moves ~0.6 GB/s: 1.7 ms of a 1 MB task's enqueue, five times what Redis takes to store it.
 _LARGE = 32 * 1024
@@ -260,6 +262,21 @@ class _Protocol(asyncio.Protocol):
             # Everything sent during this loop iteration leaves in one write.
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
+
+    def send_parts(self, parts: list[bytes], futures: Iterable[asyncio.Future[Any]]) -> None:
+        """``send`` for a batch of large commands: handed to the transport as they are
+        (``writelines``, a vectored write on uvloop), where joining them first would copy
+        every byte once more (50 MB of 1 MB commands: 46 ms joined, 13 ms as parts)."""
+        if not self.waiting:
+            self.start_waiting()
+        self.waiting.extend(futures)
+        self.flush()  # what was queued before goes first
+        if self.lost is None:
+            assert self.transport is not None
+            try:
+                self.transport.writelines(parts)
+            except RuntimeError as exc:  # uvloop: the handle closed before connection_lost
+                self.abort(ConnectionResetError(f"connection closed: {exc}"))
 
     def flush(self) -> None:
         self.flush_scheduled = False
@@ -557,7 +574,10 @@ class RespConnection:
             self._maybe_recheck(protocol)
         loop = protocol.loop
         futures = [loop.create_future() for _ in commands]
-        protocol.send(b"".join(packed), futures)
+        if len(packed) > 1 and sum(map(len, packed)) >= _LARGE_WRITE:
+            protocol.send_parts(packed, futures)
+        else:
+            protocol.send(b"".join(packed), futures)
         try:
             # Replies arrive in order: when the last one is in, so are all the others.
             with contextlib.suppress(RespError):
