@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo screenshot lint typecheck bench bench-short bench-scaling bench-env redis chromium clean
+.PHONY: test demo screenshot lint typecheck bench bench-short bench-scaling bench-flamegraphs bench-env redis chromium clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -57,8 +57,14 @@ bench-env: $(STAMP) redis
 	@# PYTHONDONTWRITEBYTECODE set would otherwise time aioqueue's compile at each start.
 	.bench-venv/bin/python -m compileall -q aioqueue benchmarks
 
+# The README's tables: speed (benchmarks/results.*, with the chart) and reliability under
+# SIGKILL (benchmarks/reliability.*): ~60 min on 2 cores. Flame graphs: bench-flamegraphs.
 bench: bench-env
 	.bench-venv/bin/python -m benchmarks.run
+	.bench-venv/bin/python -m benchmarks.reliability --libs aioqueue,arq,saq,taskiq,celery,dramatiq,streaq,docket --bound 40
+
+bench-flamegraphs: bench-env
+	.bench-venv/bin/python -m benchmarks.flamegraphs
 
 bench-short: bench-env
 	.bench-venv/bin/python -m benchmarks.run --short

@@ -33,10 +33,13 @@ class WorkerProcess:
         self.env = env
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        #: time.time() just before Popen (the start-up row: spawn -> first task).
+        self.spawned_at = 0.0
 
     def start(self, cwd: Path) -> WorkerProcess:
         log = self.log_path.open("wb")
         try:
+            self.spawned_at = time.time()
             self.proc = subprocess.Popen(
                 self.cmd,
                 cwd=cwd,
@@ -156,6 +159,20 @@ class KeysPresent:
                 return False
             del self.remaining[: self.CHUNK]
         return True
+
+
+class KeysRemaining(KeysPresent):
+    """How many of ``keys`` do not exist yet (for drains polled every few ms): the fully
+    present chunks are skipped as in KeysPresent, the current one is counted."""
+
+    async def count(self) -> int:
+        while self.remaining:
+            chunk = self.remaining[: self.CHUNK]
+            found = int(await self.redis.exists(*chunk))
+            if found != len(chunk):
+                return len(self.remaining) - found
+            del self.remaining[: self.CHUNK]
+        return 0
 
 
 def percentile(samples: Sequence[float], pct: float) -> float:

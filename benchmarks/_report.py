@@ -21,8 +21,13 @@ class Metric:
     label: str
     higher_is_better: bool
     fmt: str
+    #: aioqueue's target for the row (shown in the "aioqueue target" column), if any.
+    target: str = ""
 
 
+# The main table's rows, in order: the one place their keys, labels, units and targets
+# are defined (the chart helper imports this list). results.json has, per library and
+# key, {"median": x, "samples": [...]} (+ "dist" for the latency rows with a distribution).
 METRICS: list[Metric] = [
     Metric("enqueue", "enqueue tasks/s", True, "{:,.0f}"),
     Metric("enqueue_batch", "enqueue (batch API) tasks/s", True, "{:,.0f}"),
@@ -32,7 +37,53 @@ METRICS: list[Metric] = [
     Metric("sleep_wall", "sleep test wall s", False, "{:.2f}"),
     Metric("worker_cpu", "worker CPU s / 10k tasks", False, "{:.2f}"),
     Metric("redis_cpu", "redis CPU s / 10k tasks", False, "{:.2f}"),
+    Metric("closed_rate", "closed loop, 100 producers: tasks/s", True, "{:,.0f}", ">= 25,000"),
+    Metric("closed_p50", "closed loop p50 ms", False, "{:.2f}"),
+    Metric("closed_p99", "closed loop p99 ms", False, "{:.2f}", "<= 5"),
+    Metric("load_p50", "round trip under load p50 ms", False, "{:.2f}"),
+    Metric("load_p99", "round trip under load p99 ms", False, "{:.2f}", "<= 2"),
+    Metric("load_max", "round trip under load max ms", False, "{:.2f}"),
+    Metric("drain", "drain of a pre-filled queue tasks/s", True, "{:,.0f}", ">= 60,000"),
+    Metric("drain_worker_cpu", "drain: worker CPU s / 10k tasks", False, "{:.2f}"),
+    Metric("drain_redis_cpu", "drain: redis CPU s / 10k tasks", False, "{:.2f}"),
+    Metric("lowload_cpu_us", "worker CPU µs / task at low load", False, "{:,.0f}", "<= 50"),
+    Metric("mem_per_handle", "producer memory B / awaited handle", False, "{:,.0f}", "<= 500"),
+    Metric("mem_released_mb", "producer RSS after release - baseline MB", False, "{:.1f}",
+           "~ 0"),
+    Metric("mem_set_per_handle", "producer memory B / handle, awaited as one set", False,
+           "{:,.0f}", "<= 500"),
+    Metric("mem_set_released_mb", "as one set: RSS after release - baseline MB", False,
+           "{:.1f}", "~ 0"),
+    Metric("startup", "worker start-up s (spawn -> first task)", False, "{:.2f}", "<= 0.25"),
+    Metric("big_enqueue", "1 MB argument: enqueue tasks/s", True, "{:,.1f}",
+           "within 2x of SET"),
+    Metric("big_drain", "1 MB argument: drain tasks/s", True, "{:,.1f}", "within 2x of GET"),
 ]
+#: Recorded beside the rows (JSON, notes under the md table), not rows themselves.
+INFO_METRICS: list[Metric] = [
+    Metric("load_rate", "background send rate used by 'under load' tasks/s", True, "{:,.0f}"),
+    Metric("lowload_rate", "send rate used by 'low load' tasks/s", True, "{:,.0f}"),
+    Metric("drain_n", "tasks in the drain row", True, "{:,.0f}"),
+    Metric("rtt_n", "round trips timed in the round-trip row", True, "{:,.0f}"),
+]
+#: The phase (run.py) that produces each scenario row: a phase the library's API cannot do
+#: makes all its rows "—" with a footnote.
+METRIC_PHASE = {
+    "closed_rate": "closed loop", "closed_p50": "closed loop", "closed_p99": "closed loop",
+    "load_p50": "under load", "load_p99": "under load", "load_max": "under load",
+    "drain": "drain", "drain_worker_cpu": "drain", "drain_redis_cpu": "drain",
+    "lowload_cpu_us": "low load", "mem_per_handle": "memory", "mem_released_mb": "memory",
+    "mem_set_per_handle": "memory as a set", "mem_set_released_mb": "memory as a set",
+    "startup": "start-up", "big_enqueue": "1 MB argument", "big_drain": "1 MB argument",
+}
+#: Rows whose per-round latency distribution is kept (JSON "dist", md section).
+DIST_KEYS = {"load_p99": "round trip under load", "closed_p99": "closed loop"}
+#: The redis-py reference of the 1 MB row: key -> (label, the row it is compared with).
+REFERENCE = {"set_1mb": ("redis-py SET 1 MB /s", "big_enqueue"),
+             "get_1mb": ("redis-py GET 1 MB /s", "big_drain"),
+             "bare_task_bytes": ("memory calibration: B per plain asyncio Future awaited by its "
+                                 "own task (the floor under every handle of the memory row)",
+                                 "mem_per_handle")}
 
 HOME = "aioqueue"
 # Peers have no batch enqueue API, so aioqueue's batch row is compared with the best
@@ -75,6 +126,24 @@ class Results:
     #: round number -> broker -> metric -> value.
     cluster: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
     cluster_errors: dict[str, list[str]] = field(default_factory=dict)
+    #: lib -> metric -> one distribution dict per round (_scenarios.distribution).
+    dists: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+    #: lib -> phase -> why the library's API cannot do it (cells show "—" + a footnote).
+    unsupported_rows: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: The 1 MB row's redis-py reference: key -> one rate per round.
+    reference: dict[str, list[float]] = field(default_factory=dict)
+
+    def add_dist(self, lib: str, metric: str, dist: dict[str, Any]) -> None:
+        if dist:
+            self.dists.setdefault(lib, {}).setdefault(metric, []).append(dist)
+
+    def unsupported(self, lib: str, phase: str, why: str) -> None:
+        self.unsupported_rows.setdefault(lib, {})[phase] = why
+
+    def median_dist(self, lib: str, metric: str) -> dict[str, Any] | None:
+        """The round whose p99 is the median one (a real distribution, not a blend)."""
+        dists = sorted(self.dists.get(lib, {}).get(metric, []), key=lambda d: d["p99"])
+        return dists[(len(dists) - 1) // 2] if dists else None
 
     def add(self, lib: str, metric: str, value: float) -> None:
         if not math.isnan(value):
@@ -99,7 +168,24 @@ class Results:
         if home is None or not vals:
             return None, fallback
         best = max(vals) if m.higher_is_better else min(vals)
-        return (home / best if best else None), fallback
+        # A best of 0 or below (e.g. RSS back under the baseline) makes no ratio.
+        return (home / best if best > 0 else None), fallback
+
+    def footnotes(self) -> list[tuple[str, str]]:
+        """(marker, text) for every "not supported" reason, in a stable order."""
+        seen: dict[str, list[str]] = {}
+        for lib in self.libs:
+            for phase, why in self.unsupported_rows.get(lib, {}).items():
+                seen.setdefault(f"{phase}: {why}", []).append(lib)
+        return [(f"[{i}]", f"{', '.join(libs)} — {text}")
+                for i, (text, libs) in enumerate(seen.items(), 1)]
+
+    def _marker(self, lib: str, phase: str) -> str:
+        why = self.unsupported_rows.get(lib, {}).get(phase)
+        for marker, text in self.footnotes():
+            if why is not None and text.endswith(f"— {phase}: {why}"):
+                return marker
+        return ""
 
     def cell(self, lib: str, m: Metric) -> str:
         v = self.median(lib, m.key)
@@ -107,6 +193,9 @@ class Results:
             return m.fmt.format(v)
         if m.key == "enqueue_batch" and lib != HOME:
             return "—"
+        phase = METRIC_PHASE.get(m.key)
+        if phase and phase in self.unsupported_rows.get(lib, {}):
+            return "—" + self._marker(lib, phase)
         errs = self.errors.get(lib)
         # Short in the table (it has to fit a terminal); the full lines are listed below it.
         return f"error: {errs[0].split(': ', 1)[-1][:40]}" if errs else "—"
@@ -126,12 +215,13 @@ class Results:
                     f"{m.label} {arrow}",
                     *(self.cell(lib, m) for lib in self.libs),
                     self.ratio_cell(m),
+                    m.target,
                 ]
             )
         return out
 
     def header(self) -> list[str]:
-        return ["metric", *self.libs, "aioqueue / best peer"]
+        return ["metric", *self.libs, "aioqueue / best peer", "aioqueue target"]
 
     # -- flow control costs ----------------------------------------------------------------
     def flow_add(self, rnd: int, variant: str, metric: str, value: float) -> None:
@@ -327,18 +417,63 @@ class Results:
         ]
         return "\n".join(lines)
 
+    def _metric_json(self, lib: str, key: str) -> dict[str, Any]:
+        entry: dict[str, Any] = {"median": self.median(lib, key),
+                                 "samples": self.samples.get(lib, {}).get(key, [])}
+        if key in DIST_KEYS:
+            entry["dist"] = self.dists.get(lib, {}).get(key, [])
+        return entry
+
     def to_json(self) -> dict[str, Any]:
         return {
-            lib: {
-                m.key: {
-                    "median": self.median(lib, m.key),
-                    "samples": self.samples.get(lib, {}).get(m.key, []),
-                }
-                for m in METRICS
-            }
-            | {"errors": self.errors.get(lib, []), "notes": self.notes.get(lib, {})}
+            lib: {m.key: self._metric_json(lib, m.key) for m in [*METRICS, *INFO_METRICS]}
+            | {"errors": self.errors.get(lib, []), "notes": self.notes.get(lib, {}),
+               "unsupported": self.unsupported_rows.get(lib, {})}
             for lib in self.libs
         }
+
+    def reference_json(self) -> dict[str, Any]:
+        return {k: {"label": REFERENCE[k][0],
+                    "median": statistics.median(v) if v else None, "samples": v}
+                for k, v in self.reference.items()}
+
+    def reference_lines(self) -> list[str]:
+        """The 1 MB row's reference (redis-py on the same server) and aioqueue's ratio."""
+        lines = []
+        for key, (label, row) in REFERENCE.items():
+            vals = self.reference.get(key)
+            if not vals:
+                continue
+            ref = statistics.median(vals)
+            home = self.median(HOME, row)
+            ratio = f"; aioqueue {home:,.1f} = {home / ref:.2f}x of it" if home and ref else ""
+            lines.append(f"- {label}: {ref:,.1f}{ratio}")
+        return lines
+
+    def dist_lines(self) -> list[str]:
+        """Per library, the latency distribution of the median round (ms): deciles, p99,
+        max and histogram, so a bimodal (polling) library is visible, not only its median."""
+        out = []
+        for key, label in DIST_KEYS.items():
+            rows = []
+            for lib in self.libs:
+                d = self.median_dist(lib, key)
+                if not d:
+                    continue
+                dec = d["deciles"]
+                rows.append(f"| {lib} | {d['n']} | {dec[0]:.2f} | {dec[4]:.2f} | "
+                            f"{dec[8]:.2f} | {d['p99']:.2f} | {d['max']:.2f} | "
+                            f"{histogram_cell(d)} |")
+            if rows:
+                out += [f"**{label}**, latency distribution (ms; the round with the median "
+                        "p99):", "",
+                        "| library | n | p10 | p50 | p90 | p99 | max | histogram (bucket: "
+                        "count) |", "|---|---:|---:|---:|---:|---:|---:|---|", *rows, ""]
+        return out
+
+
+def histogram_cell(dist: dict[str, Any]) -> str:
+    return " · ".join(f"{k}: {v}" for k, v in dist.get("histogram_ms", {}).items())
 
 
 def machine_info(redis_version: str) -> dict[str, str]:
@@ -359,6 +494,10 @@ def machine_info(redis_version: str) -> dict[str, str]:
         "taskiq-redis",
         "celery",
         "kombu",
+        "streaq",
+        "coredis",
+        "dramatiq",
+        "pydocket",
         "redis",
         "hiredis",
     ):
@@ -392,6 +531,9 @@ def write_outputs(
         "config": config,
         "machine": machine,
         "results": res.to_json(),
+        "reference": res.reference_json(),
+        "metrics": [{"key": m.key, "label": m.label, "higher_is_better": m.higher_is_better,
+                     "target": m.target} for m in METRICS],
     }
     if res.flow_variants:
         payload["flow_control"] = {
@@ -427,20 +569,48 @@ def write_outputs(
             f"Settings: N={config['n']} tasks per throughput/enqueue run, K={config['k']} "
             f"round trips, sleep test {config['sleep_n']} x 50 ms at concurrency "
             f"{config['sleep_concurrency']} where configurable, {config['rounds']} interleaved "
-            "rounds; cells are medians over rounds.",
+            "rounds; cells are medians over rounds. Scenario sizes: "
+            + ", ".join(f"{k}={v}" for k, v in (config.get("sizes") or {}).items()) + ".",
             "",
             res.markdown_table(),
             "",
-            "↑ higher is better, ↓ lower is better; the last column is aioqueue's value divided "
-            "by the best peer's, so > 1 wins on ↑ rows and < 1 wins on ↓ rows. "
-            "\\* peers have no batch enqueue API: compared with the best peer's plain enqueue.",
+            "↑ higher is better, ↓ lower is better; `aioqueue / best peer` is aioqueue's value "
+            "divided by the best peer's, so > 1 wins on ↑ rows and < 1 wins on ↓ rows "
+            "(aioqueue -E is not a peer). \\* no peer has a batch enqueue API in this run: "
+            "compared with the best peer's plain enqueue. `aioqueue target`: the goal the "
+            "row is tracked against.",
             "",
+        ]
+        md += [f"{marker} {text}" + "  " for marker, text in res.footnotes()]
+        md += [
+            "",
+            "References, median of rounds (redis-py on the same server, sequential; the "
+            "calibration in a fresh process with aioqueue's H):",
+            "",
+            *res.reference_lines(),
+            "",
+            "Tasks per drain row (N, or the library's own worker tasks/s x "
+            f"{(config.get('sizes') or {}).get('drain_seconds')} s if fewer): "
+            + "; ".join(f"{lib} {res.cell(lib, INFO_METRICS[2])}" for lib in res.libs) + ".",
+            "",
+            f"Round trips timed per round (K={config['k']}, or as many as fit in "
+            f"{(config.get('sizes') or {}).get('rt_budget')} s): "
+            + "; ".join(f"{lib} {res.cell(lib, INFO_METRICS[3])}" for lib in res.libs) + ".",
+            "",
+            "Background send rates (tasks/s achieved, median of rounds): "
+            + "; ".join(
+                f"{lib} under load {res.cell(lib, INFO_METRICS[0])}, low load "
+                f"{res.cell(lib, INFO_METRICS[1])}" for lib in res.libs),
+            "",
+            *res.dist_lines(),
             "Worker settings per library (throughput / round trip; sleep test):",
             "",
         ]
         for lib in res.libs:
             n = res.notes.get(lib, {})
-            md.append(f"- **{lib}**: {n.get('default', '?')}; sleep test: {n.get('sleep', '?')}")
+            mem = f"; memory row: H={n['memory_handles']}" if n.get("memory_handles") else ""
+            md.append(f"- **{lib}**: {n.get('default', '?')}; sleep test: "
+                      f"{n.get('sleep', '?')}{mem}")
         errs = [(lib, e) for lib in res.libs for e in res.errors.get(lib, [])]
         if errs:
             md += ["", "Errors:", ""] + [f"- {lib}: {e}" for lib, e in errs]

@@ -13,10 +13,12 @@ import asyncio
 import atexit
 import contextlib
 import datetime as dt
+import json
 import os
 import shlex
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -30,22 +32,26 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks import _cluster, _flow
+from benchmarks import _cluster, _flow, _scenarios
+from benchmarks._flow import Drain
 from benchmarks._measure import WorkerProcess, kill_all_workers, percentile, proc_cpu_seconds
 from benchmarks._redis import RedisServer
-from benchmarks._report import Results, machine_info, write_outputs
+from benchmarks._report import HOME, Results, machine_info, write_outputs
 from benchmarks.peers import ADAPTERS, load_peer
 from benchmarks.peers.aioqueue_peer import AioqueueFlowPeer, AioqueueUrlPeer
-from benchmarks.peers.base import REDIS_URL_ENV, Peer
+from benchmarks.peers.base import REDIS_URL_ENV, NotSupported, Peer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
-PHASES = ("enqueue", "round trip", "throughput", "sleep test")
+PHASES = ("enqueue", "round trip", "throughput", "closed loop", "under load", "low load",
+          "drain", "start-up", "1 MB argument", "sleep test", "memory")
+DEFAULT_WORKER_PHASES = ("round trip", "throughput", "closed loop", "under load", "low load")
 FLOW = "flow"  # the --only name of the "Flow control costs" section
 CLUSTER = "cluster"  # the --only name of the "Redis Cluster vs single server" section
 SECTIONS = (FLOW, CLUSTER)
 WARMUP_TIMEOUT = 60.0  # total time a worker gets to become ready
 WARMUP_ATTEMPT = 10.0  # per warm-up round trip; a lost first task must not eat it all
+TRIP_TIMEOUT = 10.0  # per round trip in the closed-loop and under-load rows (pollers: <= 1 s)
 T = TypeVar("T")
 
 
@@ -66,6 +72,7 @@ class Config:
     cluster_k: int = 500
     cluster_rounds: int = 3
     out: str = ""
+    sizes: _scenarios.Sizes = _scenarios.FULL
 
     @property
     def throughput_timeout(self) -> float:
@@ -74,6 +81,10 @@ class Config:
     @property
     def sleep_timeout(self) -> float:
         return 60 + self.sleep_n * 0.05  # as if fully serial (concurrency 1)
+
+    @property
+    def drain_timeout(self) -> float:
+        return 60 + self.sizes.drain_n / 50
 
     @property
     def flow_timeout(self) -> float:
@@ -119,7 +130,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     libs = tuple(x for x in chosen if x not in SECTIONS)
     short = {"n": 2000, "k": 20, "sleep_n": 500, "rounds": 2, "flow_n": 20000,
              "cluster_n": 50000, "cluster_k": 300}
-    full = {"n": 20000, "k": 100, "sleep_n": 5000, "rounds": 3, "flow_n": 50000,
+    # N and sleep-n were 20,000 and 5,000 before the scenario rows: with 9 columns and 13
+    # more rows the full main table must stay near 25 minutes on 2 cores (README: Sizes).
+    full = {"n": 10000, "k": 100, "sleep_n": 2000, "rounds": 3, "flow_n": 50000,
             "cluster_n": 200000, "cluster_k": 500}
     base = short if a.short else full
     rounds = a.rounds or base["rounds"]
@@ -139,6 +152,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         cluster_k=a.cluster_k or base["cluster_k"],
         cluster_rounds=a.cluster_rounds or max(3, rounds),
         out=a.out,
+        sizes=_scenarios.SHORT if a.short else _scenarios.FULL,
     )
 
 
@@ -247,13 +261,15 @@ class Bench:
             await fn()
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise
+        except NotSupported as exc:
+            self.res.unsupported(lib, name, str(exc))
         except Exception as exc:
             self.res.error(lib, name, exc)
         finally:
             self.progress.advance(self.bar)
 
     async def run_lib(self, rnd: int, lib: str) -> None:
-        cfg, res = self.cfg, self.res
+        cfg, res, sizes = self.cfg, self.res, self.cfg.sizes
         label = f"round {rnd}/{cfg.rounds} · {lib}"
         try:
             peer = load_peer(lib, self.server.url)
@@ -281,26 +297,80 @@ class Bench:
                 res.add(lib, "enqueue_batch", cfg.n / (time.perf_counter() - t0))
                 await self.redis.flushall()
 
+        async def prefilled_drain(task: str, n: int, payload: str | None, tag: str) -> Drain:
+            """FLUSHALL, fill with no worker running, start a fresh worker, time the drain;
+            returns the drain and records nothing (the caller knows the row). Also sets
+            self._fill_rate and self._spawn_to_done (s from Popen to the all-done poll)."""
+            await self.redis.flushall()
+            await peer.before_fill()
+            t0 = time.perf_counter()
+            await guarded(peer.fill(task, n, payload), None, cfg.drain_timeout)
+            self._fill_rate = n / (time.perf_counter() - t0)
+            async with self.bare_worker(peer, None, f"{tag}-r{rnd}") as w:
+                self._step(f"{label}: {tag} ({n} tasks)")
+                d = await _scenarios.drain(peer, n, w, self.server.pid, cfg.drain_timeout)
+                self._spawn_to_done = time.time() - w.spawned_at
+                return d
+
+        async def drain_row() -> None:
+            n = _scenarios.drain_size(sizes, self._throughput or res.median(lib, "throughput"))
+            self._step(f"{label}: fill {n} for the drain")
+            d = await prefilled_drain("noop", n, None, "drain")
+            res.add(lib, "drain", d.rate)
+            res.add(lib, "drain_n", n)
+            res.add(lib, "drain_worker_cpu", d.worker_cpu)
+            res.add(lib, "drain_redis_cpu", d.redis_cpu)
+
+        async def big_row() -> None:
+            # The drain window of step 9 starts at the first completion, i.e. after the
+            # first fetched batch: with M 1 MB tasks that batch is most of the work (a
+            # worker fetching 100 at a time would leave M=50 out entirely). So here the
+            # window is spawn -> all done minus this round's start-up (spawn -> a queued
+            # task runs, the row measured just before): the fetches are all inside it.
+            boot = statistics.median(startups) if startups else None
+            if boot is None:
+                raise RuntimeError("needs this round's start-up figure, which failed")
+            self._step(f"{label}: {sizes.big_m} x 1 MB")
+            await prefilled_drain("big", sizes.big_m, _scenarios.big_payload(), "1MB")
+            res.add(lib, "big_enqueue", self._fill_rate)
+            res.add(lib, "big_drain", sizes.big_m / max(self._spawn_to_done - boot, 1e-3))
+
+        startups: list[float] = []  # this round's start-up samples (the 1 MB row uses them)
+
+        async def startup_row() -> None:
+            for i in range(sizes.startup_spawns):
+                self._step(f"{label}: start-up {i + 1}/{sizes.startup_spawns}")
+                await self.redis.flushall()
+                await peer.before_fill()
+                await guarded(peer.fill("first_run", 1), None, 30)
+                async with self.bare_worker(peer, None, f"startup{i}-r{rnd}") as w:
+                    ran_at = await _scenarios.wait_first_run(self.redis, w, WARMUP_TIMEOUT)
+                    res.add(lib, "startup", ran_at - w.spawned_at)
+                    startups.append(ran_at - w.spawned_at)
+
         inner_done = 0  # progress steps the default-worker phases have advanced
 
         async def default_worker() -> None:
             nonlocal inner_done
             self._step(f"{label}: start worker")
             async with self.worker(peer, None, f"default-r{rnd}") as w:
-                await self.phase(lib, "round trip", lambda: round_trips(w))
-                inner_done += 1
-                await self.phase(lib, "throughput", lambda: throughput(w))
-                inner_done += 1
+                for name, fn in (("round trip", round_trips), ("throughput", throughput),
+                                 ("closed loop", closed_loop), ("under load", under_load),
+                                 ("low load", low_load)):
+                    await self.phase(lib, name, lambda fn=fn: fn(w))
+                    inner_done += 1
 
         async def round_trips(w: WorkerProcess) -> None:
             self._step(f"{label}: {cfg.k} round trips")
-            samples = []
-            for _ in range(cfg.k):
+            samples: list[float] = []
+            budget_end = time.perf_counter() + sizes.rt_budget
+            while len(samples) < cfg.k and time.perf_counter() < budget_end:
                 t0 = time.perf_counter()
                 await guarded(peer.round_trip(WARMUP_TIMEOUT), w, WARMUP_TIMEOUT)
                 samples.append((time.perf_counter() - t0) * 1000)
             res.add(lib, "rtt_p50", percentile(samples, 50))
             res.add(lib, "rtt_p99", percentile(samples, 99))
+            res.add(lib, "rtt_n", len(samples))
 
         async def throughput(w: WorkerProcess) -> None:
             self._step(f"{label}: {cfg.n} no-ops through the worker")
@@ -309,8 +379,43 @@ class Bench:
             await guarded(peer.run_noops(cfg.n, cfg.throughput_timeout), w, cfg.throughput_timeout)
             elapsed = time.perf_counter() - t0
             res.add(lib, "throughput", cfg.n / elapsed)
+            self._throughput = cfg.n / elapsed
             res.add(lib, "worker_cpu", (w.cpu_seconds() - w_cpu) * 10_000 / cfg.n)
             res.add(lib, "redis_cpu", (proc_cpu_seconds(self.server.pid) - r_cpu) * 10_000 / cfg.n)
+
+        async def closed_loop(w: WorkerProcess) -> None:
+            self._step(f"{label}: closed loop, {sizes.producers} producers")
+            bound = sizes.closed_warmup + sizes.closed_duration + 2 * TRIP_TIMEOUT
+            c = await guarded(_scenarios.closed_loop(peer, sizes, TRIP_TIMEOUT), w, bound)
+            res.add(lib, "closed_rate", c.rate)
+            res.add(lib, "closed_p50", percentile(c.samples_ms, 50))
+            res.add(lib, "closed_p99", percentile(c.samples_ms, 99))
+            res.add_dist(lib, "closed_p99", _scenarios.distribution(c.samples_ms))
+            await self.settle(peer, w)
+
+        def paced(target: float) -> float:
+            return _scenarios.paced_rate(target, self._throughput or res.median(lib, "throughput"))
+
+        async def under_load(w: WorkerProcess) -> None:
+            rate = paced(sizes.load_rate)
+            self._step(f"{label}: round trips under {rate:,.0f} tasks/s")
+            bound = sizes.load_budget + 2 * TRIP_TIMEOUT + 30
+            u = await guarded(_scenarios.round_trips_under_load(peer, rate, sizes, TRIP_TIMEOUT),
+                              w, bound)
+            res.add(lib, "load_p50", percentile(u.samples_ms, 50))
+            res.add(lib, "load_p99", percentile(u.samples_ms, 99))
+            res.add(lib, "load_max", max(u.samples_ms))
+            res.add(lib, "load_rate", u.rate)
+            res.add_dist(lib, "load_p99", _scenarios.distribution(u.samples_ms))
+            await self.settle(peer, w)
+
+        async def low_load(w: WorkerProcess) -> None:
+            rate = paced(sizes.low_rate)
+            self._step(f"{label}: worker CPU at {rate:,.0f} tasks/s")
+            lo = await guarded(_scenarios.cpu_at_low_load(peer, w, rate, sizes), w,
+                               sizes.low_duration + 60)
+            res.add(lib, "lowload_cpu_us", lo.worker_us_per_task)
+            res.add(lib, "lowload_rate", lo.rate)
 
         async def sleep_test() -> None:
             self._step(f"{label}: start worker (c={cfg.sleep_concurrency})")
@@ -320,19 +425,130 @@ class Bench:
                 await guarded(peer.run_sleepy(cfg.sleep_n, cfg.sleep_timeout), w, cfg.sleep_timeout)
                 res.add(lib, "sleep_wall", time.perf_counter() - t0)
 
+        async def memory() -> None:
+            if lib != HOME:
+                res.unsupported(lib, "memory as a set", "no API that awaits many results "
+                                "as one: each is awaited on its own (row above)")
+            h = peer.memory_handles
+            if h is None:
+                raise NotSupported(peer.memory_note)
+            h = sizes.memory_home if lib == HOME else min(h, sizes.memory_peer)
+            self._step(f"{label}: producer memory, {h:,} handles")
+            await self.redis.flushall()
+            await peer.before_fill()
+            m = await self.memory_probe(peer, h, rnd)
+            res.add(lib, "mem_per_handle", m["per_handle"])
+            res.add(lib, "mem_released_mb", m["released_mb"])
+            res.notes[lib]["memory_handles"] = str(h)
+            if lib == HOME:  # the same handles awaited as one ResultSet (aioqueue's API)
+                await self.redis.flushall()
+                m = await self.memory_probe(peer, h, rnd, as_set=True)
+                res.add(lib, "mem_set_per_handle", m["per_handle"])
+                res.add(lib, "mem_set_released_mb", m["released_mb"])
+
+        self._throughput: float | None = None
         try:
             await self.phase(lib, "enqueue", enqueue)
             try:
                 await default_worker()
             except (asyncio.CancelledError, KeyboardInterrupt):
                 raise
-            except Exception as exc:  # worker failed to start/warm up: both phases lost
+            except Exception as exc:  # worker failed to start/warm up: its phases lost
                 res.error(lib, "worker", exc)
-                self.progress.advance(self.bar, 2 - inner_done)
+                self.progress.advance(self.bar, len(DEFAULT_WORKER_PHASES) - inner_done)
+            # After the default worker: the drain's size depends on its throughput.
+            await self.phase(lib, "drain", drain_row)
+            await self.phase(lib, "start-up", startup_row)
+            await self.phase(lib, "1 MB argument", big_row)
             await self.phase(lib, "sleep test", sleep_test)
+            await self.phase(lib, "memory", memory)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(peer.close(), 10)
+
+    async def settle(self, peer: Peer, w: WorkerProcess) -> None:
+        """After a row that leaves tasks in flight: one more round trip, so the next row
+        starts on an idle worker (FIFO queues: it returns after everything before it)."""
+        await guarded(peer.round_trip(WARMUP_TIMEOUT), w, WARMUP_TIMEOUT)
+
+    @contextlib.asynccontextmanager
+    async def bare_worker(self, peer: Peer, concurrency: int | None,
+                          tag: str) -> AsyncIterator[WorkerProcess]:
+        """A worker without warm-up (the drain and start-up rows time it from spawn or from
+        its first completion); stopped and FLUSHALLed afterwards."""
+        cmd, extra_env = peer.worker_cmd(concurrency)
+        w = WorkerProcess(peer.name, cmd, self.worker_env(extra_env),
+                          self.logdir / f"{peer.name}-{tag}.log")
+        w.start(REPO_ROOT)
+        peer.alive = w.check_alive
+        try:
+            yield w
+        finally:
+            await asyncio.to_thread(w.stop)
+            await self.redis.flushall()
+
+    async def memory_probe(self, peer: Peer, h: int, rnd: int,
+                           as_set: bool = False) -> dict[str, float]:
+        """Run benchmarks/_memory_probe.py in a fresh process; start a worker once its H
+        handles are waiting; returns bytes per handle and MB kept after release."""
+        timeout = 60 + h / 500
+        env = self.worker_env({})
+        log = (self.logdir / f"{peer.name}-memory-r{rnd}.log").open("wb")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "benchmarks._memory_probe", peer.name, self.server.url,
+                str(h), str(timeout), *(["--set"] if as_set else []), cwd=REPO_ROOT,
+                env=env, stdout=asyncio.subprocess.PIPE,
+                stderr=log, start_new_session=True)
+        finally:
+            log.close()  # the child has its own copy of the descriptor
+
+        async def line() -> dict[str, Any]:
+            raw = await asyncio.wait_for(proc.stdout.readline(), timeout)  # type: ignore[union-attr]
+            if not raw:
+                raise RuntimeError(f"memory probe exited ({await proc.wait()}); see "
+                                   f"{self.logdir / f'{peer.name}-memory-r{rnd}.log'}")
+            return dict(json.loads(raw))
+
+        try:
+            ready = await line()
+            async with self.bare_worker(peer, None, f"memory-r{rnd}"):
+                done = await line()
+                await asyncio.wait_for(proc.wait(), 30)
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        return {"per_handle": (ready["loaded"] - ready["baseline"]) / h,
+                "released_mb": (done["released"] - ready["baseline"]) / 1e6}
+
+    async def run_reference(self) -> None:
+        """Once per round: what Redis itself moves for the 1 MB row (redis-py, same server),
+        and the memory row's calibration (a plain Future per task, its own process)."""
+        self._step("redis-py reference: SET/GET 1 MB; memory calibration")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "benchmarks._memory_probe", "--bare",
+                str(self.cfg.sizes.memory_home), cwd=REPO_ROOT, env=self.worker_env({}),
+                stdout=asyncio.subprocess.PIPE)
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+            self.res.reference.setdefault("bare_task_bytes", []).append(
+                float(json.loads(out.splitlines()[0])["per_handle"]))
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            self.res.error("redis", "memory calibration", exc)
+        try:
+            await self.redis.flushall()
+            ref = await guarded(_scenarios.redis_reference(self.redis, self.cfg.sizes.big_m),
+                                None, 120)
+            self.res.reference.setdefault("set_1mb", []).append(ref.set_rate)
+            self.res.reference.setdefault("get_1mb", []).append(ref.get_rate)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            self.res.error("redis", "reference", exc)
 
     async def run_flow(self, rnd: int) -> None:
         """One round of "Flow control costs": each variant a pre-filled drain (_flow.py)."""
@@ -459,7 +675,8 @@ class Bench:
 
     async def run(self) -> Results:
         for rnd in range(1, self.cfg.total_rounds + 1):
-            if rnd <= self.cfg.rounds:
+            if rnd <= self.cfg.rounds and self.cfg.libs:
+                await self.run_reference()
                 for lib in self.cfg.libs:
                     await self.run_lib(rnd, lib)
             if self.cfg.flow and rnd <= self.cfg.flow_rounds:
@@ -568,6 +785,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         out_dir = Path(cfg.out) if cfg.out else BENCH_DIR
         paths = write_outputs(res, out_dir, machine, exact_command(), asdict(cfg), started)
+        if res.libs:  # the chart beside the README's table, drawn from the JSON just written
+            from benchmarks._chart import write_chart  # matplotlib: imported only here
+
+            json_path = next(p for p in paths if p.suffix == ".json")
+            chart = json_path.with_name("results.png")
+            write_chart(json.loads(json_path.read_text()), chart)
+            paths = [*paths, chart]
         console.print("wrote " + " and ".join(_shown(p) for p in paths))
     if res.errors or res.flow_errors or res.cluster_errors:
         console.print(f"[yellow]errors occurred; worker logs kept in {logdir}[/yellow]")

@@ -19,6 +19,9 @@ ADAPTERS: dict[str, str] = {
     "saq": "benchmarks.peers.saq_peer:SaqPeer",
     "taskiq": "benchmarks.peers.taskiq_peer:TaskiqPeer",
     "celery": "benchmarks.peers.celery_peer:CeleryPeer",
+    "streaq": "benchmarks.peers.streaq_peer:StreaqPeer",
+    "dramatiq": "benchmarks.peers.dramatiq_peer:DramatiqPeer",
+    "docket": "benchmarks.peers.docket_peer:DocketPeer",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from collections.abc import Awaitable
 from typing import Any
 
 from benchmarks.peers.base import REDIS_URL_ENV, Peer, fresh_import, venv_bin
@@ -13,6 +14,7 @@ from benchmarks.peers.base import REDIS_URL_ENV, Peer, fresh_import, venv_bin
 class AioqueuePeer(Peer):
     name = "aioqueue"
     has_batch = True
+    memory_handles = 100_000  # the full run's H (--short: _scenarios.SHORT.memory_home)
     #: The task module the worker loads (``<module>:app``) and the driver imports.
     tasks_module = "benchmarks.peers.aioqueue_tasks"
 
@@ -30,6 +32,9 @@ class AioqueuePeer(Peer):
 
     async def close(self) -> None:
         await self.tasks.app.close()
+        if getattr(self, "_redis", None) is not None:
+            await self._redis.aclose()
+            self._redis = None
 
     async def enqueue(self, n: int) -> None:
         for _ in range(n):
@@ -54,11 +59,40 @@ class AioqueuePeer(Peer):
     async def run_sleepy(self, n: int, timeout: float) -> None:
         await self._run_all(self.tasks.sleepy, n, timeout)
 
+    async def fill(self, task: str, n: int, payload: str | None = None) -> None:
+        args = [(payload,) if payload is not None else () for _ in range(n)]
+        await getattr(self.tasks, task).delay_many(args)  # one pipeline, nobody awaits
+
+    async def remaining(self) -> int:
+        # A settled task leaves its priority stream in the same script that stores its
+        # result: XLEN of the queue's ten streams (benchmarks/_flow.py's drain signal).
+        from benchmarks import _flow
+
+        pipe = self._poll_client().pipeline(transaction=False)
+        for s in _flow.stream_keys(self.tasks.app):
+            pipe.xlen(s)
+        return int(sum(await pipe.execute()))
+
+    def _poll_client(self) -> Any:
+        if getattr(self, "_redis", None) is None:
+            from redis.asyncio import Redis
+
+            # A plain client of the harness's own, only for polling.
+            self._redis = Redis.from_url(self.redis_url)
+        return self._redis
+
+    async def waiting_handles(self, n: int, timeout: float) -> list[Awaitable[Any]]:
+        # The handles themselves are awaitable; delay_many creates them in one pipeline.
+        return list(await self.tasks.noop.delay_many([() for _ in range(n)]))
+
 
 class AioqueueEventsPeer(AioqueuePeer):
     """aioqueue with task events recorded (``-E``): what monitoring costs."""
 
     name = "aioqueue -E"
+    # -E changes the worker, not the producer: the memory row would repeat aioqueue's.
+    memory_handles = None
+    memory_note = "same producer as aioqueue (-E only changes the worker)"
 
     def worker_cmd(self, concurrency: int | None) -> tuple[list[str], dict[str, str]]:
         cmd, env = super().worker_cmd(concurrency)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import Any
+
 from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
 from arq.constants import default_queue_name
 
 from benchmarks._measure import wait_until
-from benchmarks.peers.base import CONCURRENCY_ENV, Peer, venv_bin
+from benchmarks.peers.base import CONCURRENCY_ENV, DEFAULT_CONCURRENCY, Peer, venv_bin
 
 
 class ArqPeer(Peer):
@@ -20,10 +23,10 @@ class ArqPeer(Peer):
             "--custom-log-dict",
             "benchmarks.peers.arq_tasks.LOG_CONFIG",
         ]
-        return cmd, ({CONCURRENCY_ENV: str(concurrency)} if concurrency else {})
+        return cmd, {CONCURRENCY_ENV: str(concurrency or DEFAULT_CONCURRENCY)}
 
     def concurrency_note(self, requested: int | None) -> str:
-        return "max_jobs=10 (default)" if requested is None else f"max_jobs={requested}"
+        return f"max_jobs={requested or DEFAULT_CONCURRENCY} (arq's default: 10)"
 
     async def connect(self) -> None:
         self.pool: ArqRedis = await create_pool(RedisSettings.from_dsn(self.redis_url))
@@ -55,3 +58,16 @@ class ArqPeer(Peer):
         for _ in range(n):
             await self.pool.enqueue_job("sleepy")
         await wait_until(self._queue_empty, timeout, "arq queue to drain", self.alive)
+
+    async def fill(self, task: str, n: int, payload: str | None = None) -> None:
+        args = () if payload is None else (payload,)
+        for _ in range(n):  # no batch enqueue API
+            await self.pool.enqueue_job(task, *args)
+
+    async def remaining(self) -> int:
+        return int(await self.pool.zcard(default_queue_name))
+
+    async def waiting_handles(self, n: int, timeout: float) -> list[Awaitable[Any]]:
+        jobs = [await self.pool.enqueue_job("noop") for _ in range(n)]
+        # job.result() polls the result key every 0.5 s (its default poll_delay).
+        return [j.result(timeout=timeout) for j in jobs if j]

@@ -1,6 +1,7 @@
 """Celery task module (redis broker + redis result backend).
 
-Worker: ``celery -A benchmarks.peers.celery_tasks worker`` (default prefork pool).
+Worker: ``celery -A benchmarks.peers.celery_tasks worker`` (prefork for the default-worker
+phases, ``-P threads -c 500`` for the sleep test; see celery_peer.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import time
 
 from celery import Celery
 
+from benchmarks.peers._first_run import record_first_run
 from benchmarks.peers.base import REDIS_URL_ENV
 
 _url = os.environ[REDIS_URL_ENV]
@@ -31,5 +33,16 @@ def add(x: int, y: int) -> int:
 
 @app.task
 def sleepy() -> None:
-    # Prefork workers are synchronous: the Celery equivalent of asyncio.sleep(0.05).
+    # Celery tasks are synchronous. The sleep test runs on the threads pool (-c 500):
+    # a blocking sleep releases the GIL, so 500 of them sleep at once.
     time.sleep(0.05)
+
+
+@app.task
+def big(payload: str) -> None:
+    return None
+
+
+@app.task
+def first_run() -> None:
+    record_first_run()

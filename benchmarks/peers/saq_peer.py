@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import Any
+
 from saq import Queue
 
 from benchmarks._measure import wait_until
-from benchmarks.peers.base import CONCURRENCY_ENV, Peer, venv_bin
+from benchmarks.peers.base import CONCURRENCY_ENV, DEFAULT_CONCURRENCY, Peer, venv_bin
 
 
 class SaqPeer(Peer):
@@ -14,10 +17,10 @@ class SaqPeer(Peer):
     def worker_cmd(self, concurrency: int | None) -> tuple[list[str], dict[str, str]]:
         # One worker process is SAQ's default (--workers 1); its default log level is ERROR.
         cmd = [venv_bin("saq"), "benchmarks.peers.saq_tasks.settings"]
-        return cmd, ({CONCURRENCY_ENV: str(concurrency)} if concurrency else {})
+        return cmd, {CONCURRENCY_ENV: str(concurrency or DEFAULT_CONCURRENCY)}
 
     def concurrency_note(self, requested: int | None) -> str:
-        return "concurrency=10 (default)" if requested is None else f"concurrency={requested}"
+        return f"concurrency={requested or DEFAULT_CONCURRENCY} (SAQ's default: 10)"
 
     async def connect(self) -> None:
         self.queue = Queue.from_url(self.redis_url)
@@ -48,3 +51,16 @@ class SaqPeer(Peer):
         for _ in range(n):
             await self.queue.enqueue("sleepy")
         await wait_until(self._drained, timeout, "SAQ queue to drain", self.alive)
+
+    async def fill(self, task: str, n: int, payload: str | None = None) -> None:
+        kwargs = {} if payload is None else {"payload": payload}
+        for _ in range(n):  # no batch enqueue API
+            await self.queue.enqueue(task, **kwargs)
+
+    async def remaining(self) -> int:
+        return int(await self.queue.count("incomplete"))
+
+    async def waiting_handles(self, n: int, timeout: float) -> list[Awaitable[Any]]:
+        jobs = [await self.queue.enqueue("noop") for _ in range(n)]
+        # What apply() does after enqueueing: refresh(until_complete), polling every 0.5 s.
+        return [j.refresh(until_complete=timeout) for j in jobs if j]

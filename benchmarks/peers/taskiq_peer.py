@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from redis.asyncio import Redis
 
-from benchmarks._measure import KeysPresent, wait_until
+from benchmarks._measure import KeysPresent, KeysRemaining, wait_until
 from benchmarks.peers.base import Peer, fresh_import, venv_bin
 
 
@@ -64,3 +65,23 @@ class TaskiqPeer(Peer):
 
     async def run_sleepy(self, n: int, timeout: float) -> None:
         await self._run_all(self.tasks.sleepy, n, timeout)
+
+    async def before_fill(self) -> None:
+        # The worker creates its consumer group at "$" (new messages only) when it starts,
+        # so tasks sent before it exists would be skipped: create it now, as the driver's
+        # broker.startup() did before the harness's FLUSHALL.
+        await self.tasks.broker.startup()
+
+    async def fill(self, task: str, n: int, payload: str | None = None) -> None:
+        args = () if payload is None else (payload,)
+        fn = getattr(self.tasks, task)
+        ids = [(await fn.kiq(*args)).task_id for _ in range(n)]  # no batch kiq API
+        self._left = KeysRemaining(self.redis, ids)
+
+    async def remaining(self) -> int:
+        return await self._left.count()
+
+    async def waiting_handles(self, n: int, timeout: float) -> list[Awaitable[Any]]:
+        handles = [await self.tasks.noop.kiq() for _ in range(n)]
+        # wait_result() polls the result backend every 0.2 s (default check_interval).
+        return [h.wait_result(timeout=timeout) for h in handles]

@@ -10,6 +10,7 @@ import os
 
 from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
 
+from benchmarks.peers._first_run import record_first_run
 from benchmarks.peers.base import REDIS_URL_ENV
 
 _url = os.environ[REDIS_URL_ENV]
@@ -30,3 +31,13 @@ async def add(x: int, y: int) -> int:
 @broker.task
 async def sleepy() -> None:
     await asyncio.sleep(0.05)
+
+
+@broker.task
+async def big(payload: str) -> None:
+    return None
+
+
+@broker.task
+async def first_run() -> None:
+    record_first_run()

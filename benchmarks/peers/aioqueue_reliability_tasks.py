@@ -1,0 +1,44 @@
+"""aioqueue's task module for the SIGKILL reliability test (benchmarks/_reliability.py).
+
+Worker: ``aioqueue worker benchmarks.peers.aioqueue_reliability_tasks:app -l warning -c 100``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from aioqueue import AioQueue
+from benchmarks._reliability import AsyncRecorder
+from benchmarks.peers.base import REDIS_URL_ENV, venv_bin
+
+MAX_RATE = 200.0
+NOTE = ("`aioqueue worker ... -c 100`, defaults otherwise: a message is acknowledged after "
+        "the task ran; a dead worker's unacknowledged messages are claimed by another "
+        "worker after `visibility_timeout` (default 30 s).")
+SAFE_NOTE = NOTE  # the default is the safe setting
+
+app = AioQueue("bench_rel", broker=os.environ[REDIS_URL_ENV])
+_recorder = AsyncRecorder()
+
+
+@app.task
+async def work(i: int) -> None:
+    await _recorder.work(i)
+
+
+def worker_cmd() -> list[str]:
+    script = venv_bin("aioqueue")
+    prefix = [script] if shutil.which(script) else [venv_bin("python"), "-m", "aioqueue"]
+    return [*prefix, "worker", f"{__name__}:app", "-l", "warning", "-c", "100"]
+
+
+class Producer:
+    async def start(self) -> None:
+        return None
+
+    async def send(self, i: int) -> None:
+        await work.delay(i)
+
+    async def close(self) -> None:
+        await app.close()
