@@ -88,6 +88,7 @@ async def main(seconds: float) -> None:
     OUT_DIR.mkdir(exist_ok=True)
     logdir = Path(tempfile.mkdtemp(prefix="aioqueue-flame-"))
     with RedisServer() as server:
+        os.environ[REDIS_URL_ENV] = server.url  # read by the task module the peer imports
         peer: Peer = load_peer("aioqueue", server.url)
         await peer.connect()
         sizes = _scenarios.Sizes(closed_warmup=0.2, closed_duration=seconds + 1,
