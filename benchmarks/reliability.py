@@ -21,6 +21,7 @@ from typing import NoReturn
 
 import uvloop
 
+from benchmarks import _readme
 from benchmarks import _reliability as rel
 from benchmarks._measure import kill_all_workers
 from benchmarks._redis import RedisServer
@@ -93,6 +94,11 @@ def run(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "reliability.json").write_text(json.dumps(doc, indent=1) + "\n")
     (out / "reliability.md").write_text(f"`{doc['config']['command']}`\n\n" + md)  # type: ignore[index]
+    if not a.out and a.rounds >= 3 and "aioqueue" in a.libs and len(a.libs) > 1:
+        # What `make bench` makes: the README's reliability table too (benchmarks/_readme.py).
+        table = md.split("\n\n- **")[0]  # the table, without each library's notes
+        if _readme.replace_section("reliability", table):
+            print(f"wrote {_readme.README}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks import _cluster, _flow, _scenarios
+from benchmarks import _cluster, _flow, _readme, _scenarios
 from benchmarks._flow import Drain
 from benchmarks._measure import WorkerProcess, kill_all_workers, percentile, proc_cpu_seconds
 from benchmarks._redis import RedisServer
@@ -690,6 +690,13 @@ class Bench:
         return self.res
 
 
+def _is_full_run(cfg: Config) -> bool:
+    """The run `make bench` makes: every library and section, full sizes, into
+    benchmarks/ (only such a run may rewrite the README's table)."""
+    return (cfg.mode == "full" and not cfg.out and cfg.rounds >= 3 and cfg.flow
+            and cfg.cluster and set(cfg.libs) == set(ADAPTERS))
+
+
 def exact_command() -> str:
     exe = Path(sys.executable)
     with contextlib.suppress(ValueError):
@@ -792,6 +799,10 @@ def main(argv: list[str] | None = None) -> int:
             chart = json_path.with_name("results.png")
             write_chart(json.loads(json_path.read_text()), chart)
             paths = [*paths, chart]
+        if _is_full_run(cfg):  # what `make bench` makes: the README's table too
+            md_path = next(p for p in paths if p.suffix == ".md")
+            if _readme.replace_section("main", _readme.main_table(md_path.read_text())):
+                paths = [*paths, _readme.README]
         console.print("wrote " + " and ".join(_shown(p) for p in paths))
     if res.errors or res.flow_errors or res.cluster_errors:
         console.print(f"[yellow]errors occurred; worker logs kept in {logdir}[/yellow]")
