@@ -13,9 +13,13 @@ from benchmarks._reliability import AsyncRecorder
 from benchmarks.peers.base import REDIS_URL_ENV, venv_bin
 
 MAX_RATE = 200.0
-NOTE = ("`aioqueue worker ... -c 100`, defaults otherwise: a message is acknowledged after "
-        "the task ran; a dead worker's unacknowledged messages are claimed by another "
-        "worker after `visibility_timeout` (default 30 s).")
+NOTE = ('`aioqueue worker ... -c 100`, defaults otherwise: a message is acknowledged afte'
+        "r the task ran; a dead worker's unacknowledged messages are taken over by anothe"
+        "r worker once the dead one's connection is gone and its registration has gone un"
+        'renewed for 4 s (about 4 s after a kill), by a worker that has itself been up fo'
+        'r 4 s (so that after a Redis restart live workers re-register first): in this te'
+        'st every worker is killed within about 2 s of starting, so the take-overs wait f'
+        'or the kills to end; otherwise after `visibility_timeout` (default 30 s).')
 SAFE_NOTE = NOTE  # the default is the safe setting
 
 app = AioQueue("bench_rel", broker=os.environ[REDIS_URL_ENV])
