@@ -90,13 +90,20 @@ async def test_waiting_on_a_set_costs_a_fraction_of_gathering_its_handles(
     count = 5000
     handles = await square.delay_many([(i,) for i in range(count)])
 
+    waiter = app.waiter
+
+    def registered() -> bool:
+        return bool(waiter._groups) or len(waiter._futures) == count
+
     async def cost(make_wait: Any) -> float:
         gc.collect()
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
             waiting = asyncio.ensure_future(make_wait())
-            await asyncio.sleep(0.05)  # registered and blocked
+            with anyio.fail_after(5):  # until every id is registered with the waiter
+                while not registered():
+                    await asyncio.sleep(0)
             during = tracemalloc.get_traced_memory()[0]
         finally:
             tracemalloc.stop()
@@ -111,3 +118,20 @@ async def test_waiting_on_a_set_costs_a_fraction_of_gathering_its_handles(
     assert as_set < 250, as_set
     assert as_set * 4 < gathered, (as_set, gathered)
     assert app.waiter._groups == {}  # a cancelled wait unregisters its ids
+
+
+async def test_celerys_sync_spellings_work_in_sync_code_and_fail_loudly_in_async(
+    app: AioQueue,
+) -> None:
+    square, _ = _tasks(app)
+    async with app.worker(concurrency=4):
+        handles = [await square.delay(i) for i in range(5)]
+        rs = ResultSet(handles)
+        # Sync code (no running loop): Celery's blocking get() and ready() work as there.
+        assert await anyio.to_thread.run_sync(lambda: rs.get(timeout=20)) == [0, 1, 4, 9, 16]
+        assert await anyio.to_thread.run_sync(lambda: rs.ready()) is True
+        # Async code: the sync habit fails at once, naming the awaited spelling.
+        with pytest.raises(TypeError, match=r"await .*ready\(\)"):
+            if rs.ready():
+                pass
+        assert await rs.ready()
